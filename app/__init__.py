@@ -1,0 +1,1 @@
+"""A service skeleton around an in-process, string-named event registry."""

@@ -1,0 +1,1 @@
+"""Business packages. Each talks to the others only through events, never by import."""

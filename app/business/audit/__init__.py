@@ -1,0 +1,8 @@
+"""Audit: a trail of every employee status change."""
+
+from __future__ import annotations
+
+from app.business.audit import handlers as handlers
+from app.business.audit.trail import AuditEntry, AuditTrail, trail
+
+__all__ = ["AuditEntry", "AuditTrail", "trail"]

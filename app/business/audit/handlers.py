@@ -1,0 +1,25 @@
+"""Event handlers of the audit package."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from app.business.audit.trail import AuditEntry, trail
+from app.utils import on
+
+log = structlog.get_logger(__name__)
+
+
+@on("employee.status_changed")
+async def record_status_change(
+    *, employee_id: int, from_state: str, to_state: str, actor_id: int, **_: Any
+) -> None:
+    """Record a status change in the audit trail."""
+    trail.record(
+        AuditEntry(
+            employee_id=employee_id, from_state=from_state, to_state=to_state, actor_id=actor_id
+        )
+    )
+    log.info("status change audited", employee_id=employee_id, to_state=to_state)

@@ -1,0 +1,22 @@
+"""Human resources: employees and their status; publishes ``employee.*`` events."""
+
+from __future__ import annotations
+
+from app.business.hr.models import (
+    Employee,
+    EmployeeNotFoundError,
+    EmployeeStatus,
+    IllegalTransitionError,
+)
+from app.business.hr.services import change_status, create_employee
+from app.business.hr.store import EmployeeStore
+
+__all__ = [
+    "Employee",
+    "EmployeeNotFoundError",
+    "EmployeeStatus",
+    "EmployeeStore",
+    "IllegalTransitionError",
+    "change_status",
+    "create_employee",
+]

@@ -1,0 +1,25 @@
+"""Event handlers of the notify package."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from app.business.notify.outbox import Mail, outbox
+from app.utils import on
+
+log = structlog.get_logger(__name__)
+
+
+@on("employee.created")
+async def send_welcome_mail(*, employee_id: int, department_id: int, **_: Any) -> None:
+    """Queue the welcome mail of a new employee."""
+    outbox.queue(
+        Mail(
+            employee_id=employee_id,
+            subject="Welcome aboard",
+            body=f"Welcome to department {department_id}!",
+        )
+    )
+    log.info("welcome mail queued", employee_id=employee_id)

@@ -1,0 +1,74 @@
+"""The exceptions of the event registry: one root, each leaf also its matching builtin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "EventNameError",
+    "EventNameTypeError",
+    "EventRecursionError",
+    "EventsError",
+    "HandlerNotRegisteredError",
+    "HandlerTimeoutError",
+    "InvalidHandlerError",
+    "InvalidOptionError",
+]
+
+
+class EventsError(Exception):
+    """Root of every error the event registry raises.
+
+    Attributes:
+        event_name: The event name involved, as given (it may be malformed), or None.
+        handler: The handler involved, or None.
+    """
+
+    def __init__(self, message: str, *, event_name: object = None, handler: Any = None) -> None:
+        super().__init__(message)
+        self.event_name = event_name
+        self.handler = handler
+
+
+class EventNameTypeError(EventsError, TypeError):
+    """An event name that is not a ``str``."""
+
+
+class EventNameError(EventsError, ValueError):
+    """An event name that breaks the ``<aggregate>.<verb>`` convention."""
+
+
+class InvalidHandlerError(EventsError, TypeError):
+    """A callable that cannot be registered as a handler; the message says why."""
+
+
+class InvalidOptionError(EventsError, ValueError):
+    """An option of ``on`` (such as ``timeout``) with a value it cannot take."""
+
+
+class HandlerNotRegisteredError(EventsError, LookupError):
+    """``off`` of a handler that is not registered for that name."""
+
+
+class EventRecursionError(EventsError, RecursionError):
+    """Emits nested deeper than ``MAX_DEPTH`` in one task.
+
+    Attributes:
+        depth: The nesting depth the refused emit would have had.
+    """
+
+    def __init__(self, message: str, *, event_name: str, depth: int) -> None:
+        super().__init__(message, event_name=event_name)
+        self.depth = depth
+
+
+class HandlerTimeoutError(EventsError, TimeoutError):
+    """A handler ran past its ``timeout`` and was cancelled; logged by ``emit``, never raised.
+
+    Attributes:
+        timeout: The limit, in seconds.
+    """
+
+    def __init__(self, message: str, *, event_name: str, handler: Any, timeout: float) -> None:
+        super().__init__(message, event_name=event_name, handler=handler)
+        self.timeout = timeout

@@ -1,0 +1,452 @@
+"""The in-process, string-named event registry: ``@on`` registers, ``await emit`` delivers.
+
+Semantics in one place:
+
+* ``emit`` awaits every handler of the name **sequentially, in registration order**, over the
+  list as it stood when ``emit`` started.
+* An ``Exception`` from a handler is logged once (``"event handler failed"``, with
+  ``event_name``, ``handler`` and the exception attached) and the next handler runs; ``emit``
+  never re-raises it. Cancellation and every other ``BaseException`` propagate at once.
+* Names, handlers and options are checked eagerly: at import time for ``@on``, before any
+  handler runs for ``emit``.
+
+The whole registry is one module-level global, ``_handlers``, read by its name at call time, so
+a test can swap it::
+
+    monkeypatch.setattr(app.core.events, "_handlers", collections.defaultdict(list))
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import inspect
+import math
+import re
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from contextvars import ContextVar
+from sys import _getframe
+from types import FrameType
+from typing import Any, Final, TypeVar
+
+import anyio
+import structlog
+
+from app.core._errors import (
+    EventNameError,
+    EventNameTypeError,
+    EventRecursionError,
+    EventsError,
+    HandlerNotRegisteredError,
+    HandlerTimeoutError,
+    InvalidHandlerError,
+    InvalidOptionError,
+)
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NAME_LENGTH",
+    "EventNameError",
+    "EventNameTypeError",
+    "EventRecursionError",
+    "EventsError",
+    "HandlerNotRegisteredError",
+    "HandlerTimeoutError",
+    "InvalidHandlerError",
+    "InvalidOptionError",
+    "emit",
+    "handlers",
+    "off",
+    "on",
+]
+
+log = structlog.get_logger(__name__)
+
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+
+MAX_NAME_LENGTH: Final = 100
+"""Longest accepted event name, in characters."""
+
+MAX_DEPTH: Final = 16
+"""Deepest accepted nesting of emits within one task; one more raises EventRecursionError."""
+
+_NAME_PATTERN: Final = re.compile(
+    r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*\.[a-z][a-z0-9]*(?:_[a-z0-9]+)*", re.ASCII
+)
+_NAME_CONVENTION: Final = (
+    "an event name is '<aggregate>.<verb>': two lowercase ASCII snake_case words joined by "
+    f"one dot, each starting with a letter, at most {MAX_NAME_LENGTH} characters "
+    "(e.g. 'employee.created')"
+)
+_VALID_NAMES_CACHE_SIZE: Final = 4096
+
+
+class _Adapter:
+    """Makes a sync handler, or one with a time limit, awaitable like a plain ``async def``.
+
+    ``_handlers`` holds ``async def`` handlers themselves, so dispatch awaits them with no
+    indirection; every other handler is held inside one of these.
+    """
+
+    __slots__ = ("event_name", "handler", "label", "timeout")
+
+    def __init__(
+        self, event_name: str, handler: Callable[..., Any], label: str, timeout: float | None
+    ) -> None:
+        self.event_name = event_name
+        self.handler = handler
+        self.label = label
+        self.timeout = timeout
+
+    async def __call__(self, **kwargs: Any) -> None:
+        if self.timeout is None:
+            await _call_and_await(self.handler, kwargs)
+            return
+        with anyio.move_on_after(self.timeout) as scope:
+            await _call_and_await(self.handler, kwargs)
+        if scope.cancelled_caught:
+            raise HandlerTimeoutError(
+                f"handler {self.label} timed out after {self.timeout} s",
+                event_name=self.event_name,
+                handler=self.handler,
+                timeout=self.timeout,
+            )
+
+
+async def _call_and_await(handler: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Call ``handler`` and, if it returned an awaitable, await that."""
+    result = handler(**kwargs)
+    if inspect.isawaitable(result):
+        await result
+
+
+_handlers: collections.defaultdict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
+"""Every registration, by event name, in registration order.
+
+The registry's one piece of state. ``emit`` reads it through this global name on every call,
+so replacing it (``monkeypatch.setattr``) swaps the whole registry. Registration replaces a
+name's list instead of mutating it, so the list ``emit`` holds is its snapshot. An entry is the
+handler itself when it is an ``async def`` without a timeout, else an ``_Adapter`` around it.
+"""
+
+_registry_lock = threading.Lock()
+_valid_names: set[str] = set()
+
+
+class _Nesting:
+    """How deep emits are nested on one task's call stack.
+
+    ``emit`` updates this record in place: setting a ContextVar on every emit instead would cost
+    about half of a one-handler dispatch. Contexts are copied into child tasks, so a task may
+    inherit a record that another task is using; an emit that finds its record in use while no
+    emit is running on its own call stack knows this and takes a fresh record of its own.
+    """
+
+    __slots__ = ("depth",)
+
+    def __init__(self) -> None:
+        self.depth = 0
+
+
+_nesting: ContextVar[_Nesting] = ContextVar("app.core.events.nesting")
+
+
+def on(name: str, *, timeout: float | None = None) -> Callable[[HandlerT], HandlerT]:
+    """Register the decorated callable as a handler of the event ``name``.
+
+    The decorator returns the callable unchanged. Registering the same callable again for the
+    same name (with the same options) does nothing. Thread-safe.
+
+    Args:
+        name: The event name, ``<aggregate>.<verb>``.
+        timeout: Seconds this handler may run before it is cancelled and logged as failed.
+
+    Raises:
+        EventNameTypeError: ``name`` is not a ``str``.
+        EventNameError: ``name`` breaks the naming convention.
+        InvalidOptionError: ``timeout`` is not a positive, finite number of seconds.
+        InvalidHandlerError: (from the decorator) the callable cannot be a handler, or is
+            already registered for ``name`` with another timeout.
+    """
+    _check_name(name)
+    _check_timeout(timeout)
+
+    def register(handler: HandlerT) -> HandlerT:
+        label = _check_handler(name, handler)
+        entry: Callable[..., Any] = handler
+        if timeout is not None or not inspect.iscoroutinefunction(handler):
+            entry = _Adapter(name, handler, label, timeout)
+        with _registry_lock:
+            current = _handlers.get(name, [])
+            for existing in current:
+                if _same_callable(_unwrap(existing), handler):
+                    if _timeout_of(existing) != timeout:
+                        raise InvalidHandlerError(
+                            f"handler {label} is already registered for {name!r} with "
+                            f"timeout={_timeout_of(existing)!r}; off() it first to change it "
+                            f"to timeout={timeout!r}",
+                            event_name=name,
+                            handler=handler,
+                        )
+                    return handler
+            _handlers[name] = [*current, entry]
+        return handler
+
+    return register
+
+
+def off(name: str, handler: Callable[..., Any]) -> None:
+    """Remove the registration of ``handler`` for ``name``; emits already running are unaffected.
+
+    Raises:
+        EventNameTypeError: ``name`` is not a ``str``.
+        EventNameError: ``name`` breaks the naming convention.
+        HandlerNotRegisteredError: ``handler`` is not registered for ``name``.
+    """
+    _check_name(name)
+    with _registry_lock:
+        current = _handlers.get(name, [])
+        remaining = [e for e in current if not _same_callable(_unwrap(e), handler)]
+        if len(remaining) == len(current):
+            raise HandlerNotRegisteredError(
+                f"handler {_describe(handler)} is not registered for {name!r}",
+                event_name=name,
+                handler=handler,
+            )
+        if remaining:
+            _handlers[name] = remaining
+        else:
+            del _handlers[name]
+
+
+def handlers(name: str) -> tuple[Callable[..., Any], ...]:
+    """Return the handlers registered for ``name``, in registration order.
+
+    Raises:
+        EventNameTypeError: ``name`` is not a ``str``.
+        EventNameError: ``name`` breaks the naming convention.
+    """
+    _check_name(name)
+    return tuple(_unwrap(e) for e in _handlers.get(name, ()))
+
+
+async def emit(name: str, /, **kwargs: Any) -> None:
+    """Deliver an event to each of its handlers in turn, in registration order.
+
+    Each handler is awaited before the next starts, over the registrations as they stood when
+    ``emit`` started, and receives the payload as keyword arguments. A handler that raises an
+    ``Exception`` (a timeout included) is logged once at error level as ``"event handler
+    failed"`` with ``event_name``, ``handler`` and the exception; the payload is not logged and
+    the next handler runs. Any other ``BaseException`` (cancellation, ``KeyboardInterrupt``)
+    propagates at once and later handlers do not run. A name without handlers is a no-op.
+
+    Raises:
+        EventNameTypeError: ``name`` is not a ``str``.
+        EventNameError: ``name`` breaks the naming convention.
+        EventRecursionError: this emit would nest deeper than ``MAX_DEPTH`` in this task.
+    """
+    try:
+        entries = _handlers.get(name)
+    except TypeError:  # unhashable, so not a str: _check_name says so below
+        entries = None
+    if not entries:
+        # Registered names were checked by ``on``; only the others need checking here.
+        if name.__class__ is not str or name not in _valid_names:
+            _check_name(name)
+        nesting = _nesting.get(None)
+        if nesting is not None and nesting.depth:
+            _check_depth(name, _nesting_of_this_task(_getframe(1)))
+        return
+    nesting = _nesting.get(None)
+    if nesting is None or nesting.depth:
+        nesting = _nesting_of_this_task(_getframe(1))
+        _check_depth(name, nesting)
+    nesting.depth += 1
+    try:
+        for handler in entries:
+            try:
+                await handler(**kwargs)
+            except Exception as exc:
+                _log_failure(name, handler, exc)
+    finally:
+        nesting.depth -= 1
+
+
+def _nesting_of_this_task(caller: FrameType | None) -> _Nesting:
+    """Return the nesting record of the task whose emit was called from ``caller``.
+
+    The record in the context is this task's own if it is idle or if an emit is running below
+    ``caller`` on this call stack (only this task's frames are on it); otherwise it is missing or
+    was inherited from a task that is using it, and a fresh one replaces it in this context.
+    """
+    nesting = _nesting.get(None)
+    if nesting is not None and (not nesting.depth or _emit_running_from(caller)):
+        return nesting
+    nesting = _Nesting()
+    _nesting.set(nesting)
+    return nesting
+
+
+def _emit_running_from(frame: FrameType | None) -> bool:
+    """Whether an ``emit`` is running at ``frame`` or further down its call stack."""
+    while frame is not None:
+        if frame.f_code is _EMIT_CODE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+_EMIT_CODE: Final = emit.__code__
+
+
+def _check_depth(name: str, nesting: _Nesting) -> None:
+    """Raise EventRecursionError if ``nesting`` may not take one more emit."""
+    depth = nesting.depth
+    if depth >= MAX_DEPTH:
+        raise EventRecursionError(
+            f"emit({name!r}) would nest {depth + 1} emits deep in this task, past the limit "
+            f"of {MAX_DEPTH}; a handler is probably re-emitting the event that triggered it",
+            event_name=name,
+            depth=depth + 1,
+        )
+
+
+def _unwrap(entry: Callable[..., Any]) -> Callable[..., Any]:
+    return entry.handler if isinstance(entry, _Adapter) else entry
+
+
+def _timeout_of(entry: Callable[..., Any]) -> float | None:
+    return entry.timeout if isinstance(entry, _Adapter) else None
+
+
+def _log_failure(name: str, entry: Callable[..., Any], exc: Exception) -> None:
+    """Log a handler's failure once; if logging itself fails, fall back to stderr."""
+    label = entry.label if isinstance(entry, _Adapter) else _describe(entry)
+    try:
+        log.exception("event handler failed", event_name=name, handler=label, exc_info=exc)
+    except Exception as logging_exc:
+        try:
+            sys.stderr.write(
+                f"app.core.events: event handler failed (event_name={name}, handler={label}) "
+                "and logging it failed too\n"
+            )
+            traceback.print_exception(exc, file=sys.stderr)
+            traceback.print_exception(logging_exc, file=sys.stderr)
+        except Exception:  # noqa: S110 - stderr itself is gone; nothing is left to report to.
+            pass
+
+
+def _check_name(name: object) -> None:
+    """Raise unless ``name`` follows the naming convention; remember names that do."""
+    if not isinstance(name, str):
+        raise EventNameTypeError(
+            f"event name must be a str, not {type(name).__qualname__}; {_NAME_CONVENTION}",
+            event_name=name,
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise EventNameError(
+            f"invalid event name {_shorten(name)}: it is {len(name)} characters long; "
+            f"{_NAME_CONVENTION}",
+            event_name=name,
+        )
+    if _NAME_PATTERN.fullmatch(name) is None:
+        raise EventNameError(
+            f"invalid event name {_shorten(name)}; {_NAME_CONVENTION}", event_name=name
+        )
+    if len(_valid_names) < _VALID_NAMES_CACHE_SIZE and type(name) is str:
+        _valid_names.add(name)
+
+
+def _shorten(name: str, limit: int = 60) -> str:
+    return repr(name if len(name) <= limit else name[: limit - 3] + "...")
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise InvalidOptionError(
+            f"timeout must be None or a positive, finite number of seconds, not {timeout!r}"
+        )
+
+
+def _check_handler(name: str, handler: object) -> str:
+    """Return the handler's label, or raise InvalidHandlerError saying why it cannot be one."""
+    label = _describe(handler)
+    problem = _handler_problem(handler)
+    if problem is not None:
+        raise InvalidHandlerError(
+            f"cannot register {label} for {name!r}: {problem}", event_name=name, handler=handler
+        )
+    return label
+
+
+def _handler_problem(handler: object) -> str | None:
+    if inspect.isawaitable(handler):
+        return (
+            "it is an awaitable (a coroutine object?), not a callable; "
+            "register the function itself, without calling it"
+        )
+    if inspect.isclass(handler):
+        return "it is a class; register a function or an instance with a __call__ method"
+    if not callable(handler):
+        return f"it is not callable (type {type(handler).__qualname__})"
+    target = handler if _is_function_like(handler) else type(handler).__call__
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        return "it is a generator function; a handler returns None or an awaitable, not a generator"
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return None  # No signature to read (some builtins): accept it, as Python would call it.
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return (
+            "it does not take **kwargs; handlers must accept arbitrary keyword arguments so "
+            "emitters can add payload fields without breaking anyone"
+        )
+    required_positional = [
+        p.name
+        for p in parameters
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is inspect.Parameter.empty
+    ]
+    if required_positional:
+        return (
+            f"it has required positional-only parameter(s) {', '.join(required_positional)}; "
+            "emit passes the payload as keyword arguments only"
+        )
+    return None
+
+
+def _is_function_like(handler: object) -> bool:
+    return inspect.isroutine(handler) or isinstance(handler, functools.partial)
+
+
+def _same_callable(a: object, b: object) -> bool:
+    """Identity, except that bound methods of one object and one function are the same."""
+    if a is b:
+        return True
+    if inspect.ismethod(a) and inspect.ismethod(b):
+        return a.__self__ is b.__self__ and a.__func__ is b.__func__
+    return False
+
+
+def _describe(handler: object) -> str:
+    """Name a handler as ``module.qualname``, never raising, for logs and error messages."""
+    try:
+        if isinstance(handler, functools.partial):
+            return f"functools.partial({_describe(handler.func)})"
+        qualname = getattr(handler, "__qualname__", None)
+        module = getattr(handler, "__module__", None)
+        if not isinstance(qualname, str):
+            qualname = type(handler).__qualname__
+            module = type(handler).__module__
+        return f"{module}.{qualname}" if isinstance(module, str) else qualname
+    except Exception:
+        return f"<{type(handler).__qualname__} object>"

@@ -1,0 +1,53 @@
+"""Logging set-up for entry points; library modules only call ``structlog.get_logger``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+__all__ = ["configure_logging"]
+
+
+def configure_logging(
+    *, json: bool = False, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Configure structlog for the process: console lines, or one JSON object per line.
+
+    Only entry points call this. Context variables bound with
+    ``structlog.contextvars.bind_contextvars`` appear in every line; exceptions are rendered
+    as a traceback (console) or a structured list of frames (JSON).
+
+    Args:
+        json: Render JSON lines instead of console lines.
+        level: The lowest level that is written.
+        stream: Where lines go; standard output by default.
+    """
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: list[structlog.typing.Processor]
+    if json:
+        # Frames without their locals: a traceback must not leak an event's payload.
+        renderer = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        renderer = [
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
+    structlog.configure(
+        processors=[*shared, *renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
