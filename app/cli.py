@@ -7,6 +7,8 @@ import os
 
 import anyio
 
+from app.bootstrap import load_business_packages
+from app.core.events import verify
 from app.core.logging import configure_logging
 
 __all__ = ["main"]
@@ -25,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     configure_logging(json=args.json)
-    from app.demo import run_demo  # imported after logging is set: imports register handlers
+    load_business_packages()
+    from app.demo import run_demo  # registers the demo's own handler
 
+    verify()
     anyio.run(run_demo)
     return 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import structlog
 
-from app.core import events
+from app.core import catalogue, events
+from app.core.catalogue import EventSpec
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -20,10 +21,33 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> collections.defaultdict[str, list[Any]]:
-    """An empty registry for this test, swapped in the documented way."""
+    """An empty registry and an empty catalogue for this test, swapped in the documented way."""
     fresh: collections.defaultdict[str, list[Any]] = collections.defaultdict(list)
     monkeypatch.setattr(events, "_handlers", fresh)
+    monkeypatch.setattr(catalogue, "_declared", {})
     return fresh
+
+
+@pytest.fixture
+def declare_event(registry: object) -> Callable[..., EventSpec]:
+    """Declare an event for this test: ``declare_event("a.b", "x", y=int, optional=("z",))``.
+
+    Fields given by name only take any value; fields given with a type are checked as declared;
+    ``optional`` names fields that may be left out.
+    """
+
+    def declare_event(
+        name: str, *fields: str, optional: tuple[str, ...] = (), **typed: Any
+    ) -> EventSpec:
+        return catalogue.declare(
+            name,
+            source="tests",
+            payload={**dict.fromkeys(fields, Any), **typed},
+            optional=dict.fromkeys(optional, Any),
+            purpose="a test event",
+        )
+
+    return declare_event
 
 
 @pytest.fixture

@@ -11,6 +11,12 @@ from app.core.events import HandlerTimeoutError, emit, on
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def events_of_this_file(declare_event):
+    """Declare the events these tests emit."""
+    declare_event("employee.created", optional=("employee_id",))
+
+
 async def test_outer_cancellation_propagates_and_stops_later_handlers(registry, logs):
     """A cancel scope around emit cancels the running handler; nothing after it runs."""
     trace = []

@@ -10,6 +10,15 @@ from app.core.events import emit, handlers, off, on
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def events_of_this_file(declare_event):
+    """Declare the events these tests emit."""
+    declare_event(
+        "employee.created",
+        optional=("employee_id", "items", "name", "event", "handler"),
+    )
+
+
 async def test_handlers_run_in_registration_order_one_at_a_time(registry):
     """Each handler is awaited to the end before the next one starts."""
     trace = []

@@ -13,6 +13,12 @@ from app.core.events import emit, on
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def events_of_this_file(declare_event):
+    """Declare the events these tests emit."""
+    declare_event("employee.created", optional=("employee_id", "ssn"))
+
+
 def label(function):
     return f"{function.__module__}.{function.__qualname__}"
 

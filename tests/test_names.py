@@ -110,7 +110,7 @@ def test_name_length_is_checked_before_the_pattern(registry):
 
 
 @pytest.mark.anyio
-async def test_str_subclass_names_work(registry):
+async def test_str_subclass_names_work(declare_event):
     """A str subclass (a StrEnum member, say) is a valid name like its value."""
     import enum
 
@@ -118,6 +118,8 @@ async def test_str_subclass_names_work(registry):
         CREATED = "employee.created"
         UNHANDLED = "employee.deleted"
 
+    declare_event(Names.CREATED, "employee_id")
+    declare_event(Names.UNHANDLED)
     calls = []
 
     @on(Names.CREATED)

@@ -12,6 +12,8 @@ PUBLIC_MODULES = [
     "app.utils",
     "app.core.events",
     "app.core.logging",
+    "app.core.catalogue",
+    "app.bootstrap",
     "app.cli",
     "app.demo",
     "app.business.hr",
@@ -48,6 +50,9 @@ def test_utils_reexports_the_registry():
         (events.HandlerNotRegisteredError, LookupError),
         (events.EventRecursionError, RecursionError),
         (events.HandlerTimeoutError, TimeoutError),
+        (events.UnknownEventError, LookupError),
+        (events.PayloadError, TypeError),
+        (events.CatalogueError, ValueError),
     ],
 )
 def test_every_error_has_one_root_and_its_builtin(error, builtin):

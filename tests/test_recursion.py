@@ -11,6 +11,19 @@ from app.core.events import MAX_DEPTH, EventRecursionError, emit, on
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def events_of_this_file(declare_event):
+    """Declare the events these tests emit."""
+    declare_event("employee.created")
+    declare_event("employee.status_changed")
+    declare_event("ping.sent")
+    declare_event("pong.sent")
+    declare_event("loop.ran", optional=("level", "task"))
+    declare_event("nobody.listens")
+    declare_event("chain.step", "level", "chain")
+    declare_event("fan.out")
+
+
 async def test_nested_emits_run_depth_first(registry):
     """A handler's emit delivers completely before the outer emit's next handler."""
     trace = []

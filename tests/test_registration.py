@@ -25,6 +25,13 @@ from app.core.events import (
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def events_of_this_file(declare_event):
+    """Declare the events these tests emit."""
+    declare_event("employee.created", optional=("employee_id", "n"))
+    declare_event("employee.status_changed", "n")
+
+
 async def noop(**kwargs):
     return None
 

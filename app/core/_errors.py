@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CatalogueError",
     "EventNameError",
     "EventNameTypeError",
     "EventRecursionError",
@@ -13,6 +14,8 @@ __all__ = [
     "HandlerTimeoutError",
     "InvalidHandlerError",
     "InvalidOptionError",
+    "PayloadError",
+    "UnknownEventError",
 ]
 
 
@@ -72,3 +75,51 @@ class HandlerTimeoutError(EventsError, TimeoutError):
     def __init__(self, message: str, *, event_name: str, handler: Any, timeout: float) -> None:
         super().__init__(message, event_name=event_name, handler=handler)
         self.timeout = timeout
+
+
+class UnknownEventError(EventsError, LookupError):
+    """``emit`` of a well-formed name that no package declared.
+
+    Attributes:
+        suggestions: Declared names close to the one given, best first.
+    """
+
+    def __init__(self, message: str, *, event_name: str, suggestions: list[str]) -> None:
+        super().__init__(message, event_name=event_name)
+        self.suggestions = suggestions
+
+
+class PayloadError(EventsError, TypeError):
+    """``emit`` whose keyword arguments break the event's declared payload.
+
+    Attributes:
+        missing: Required fields not given.
+        unexpected: Fields given that the declaration does not have.
+        wrong_types: Fields whose value is not of the declared type (when type checks are on).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event_name: str,
+        missing: list[str],
+        unexpected: list[str],
+        wrong_types: list[str],
+    ) -> None:
+        super().__init__(message, event_name=event_name)
+        self.missing = missing
+        self.unexpected = unexpected
+        self.wrong_types = wrong_types
+
+
+class CatalogueError(EventsError, ValueError):
+    """A declaration that cannot stand, or registrations that do not match the catalogue.
+
+    Attributes:
+        problems: One line per problem found.
+    """
+
+    def __init__(self, message: str, *, problems: list[str], event_name: object = None) -> None:
+        super().__init__(message, event_name=event_name)
+        self.problems = problems

@@ -22,7 +22,6 @@ import collections
 import functools
 import inspect
 import math
-import re
 import sys
 import threading
 import traceback
@@ -35,7 +34,9 @@ from typing import Any, Final, TypeVar
 import anyio
 import structlog
 
+from app.core import catalogue
 from app.core._errors import (
+    CatalogueError,
     EventNameError,
     EventNameTypeError,
     EventRecursionError,
@@ -44,44 +45,41 @@ from app.core._errors import (
     HandlerTimeoutError,
     InvalidHandlerError,
     InvalidOptionError,
+    PayloadError,
+    UnknownEventError,
 )
+from app.core._names import MAX_NAME_LENGTH, check_name
+from app.core.catalogue import EventSpec, declare
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_NAME_LENGTH",
+    "CatalogueError",
     "EventNameError",
     "EventNameTypeError",
     "EventRecursionError",
+    "EventSpec",
     "EventsError",
     "HandlerNotRegisteredError",
     "HandlerTimeoutError",
     "InvalidHandlerError",
     "InvalidOptionError",
+    "PayloadError",
+    "UnknownEventError",
+    "declare",
     "emit",
     "handlers",
     "off",
     "on",
+    "verify",
 ]
 
 log = structlog.get_logger(__name__)
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 
-MAX_NAME_LENGTH: Final = 100
-"""Longest accepted event name, in characters."""
-
 MAX_DEPTH: Final = 16
 """Deepest accepted nesting of emits within one task; one more raises EventRecursionError."""
-
-_NAME_PATTERN: Final = re.compile(
-    r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*\.[a-z][a-z0-9]*(?:_[a-z0-9]+)*", re.ASCII
-)
-_NAME_CONVENTION: Final = (
-    "an event name is '<aggregate>.<verb>': two lowercase ASCII snake_case words joined by "
-    f"one dot, each starting with a letter, at most {MAX_NAME_LENGTH} characters "
-    "(e.g. 'employee.created')"
-)
-_VALID_NAMES_CACHE_SIZE: Final = 4096
 
 
 class _Adapter:
@@ -133,7 +131,6 @@ handler itself when it is an ``async def`` without a timeout, else an ``_Adapter
 """
 
 _registry_lock = threading.Lock()
-_valid_names: set[str] = set()
 
 
 class _Nesting:
@@ -151,7 +148,9 @@ class _Nesting:
         self.depth = 0
 
 
-_nesting: ContextVar[_Nesting] = ContextVar("app.core.events.nesting")
+# Sharing the default is safe: a task that finds it in use by another takes its own record.
+_nesting: ContextVar[_Nesting] = ContextVar("app.core.events.nesting", default=_Nesting())  # noqa: B039
+"""This task's nesting record; until a task needs a record of its own, tasks share the default."""
 
 
 def on(name: str, *, timeout: float | None = None) -> Callable[[HandlerT], HandlerT]:
@@ -171,7 +170,7 @@ def on(name: str, *, timeout: float | None = None) -> Callable[[HandlerT], Handl
         InvalidHandlerError: (from the decorator) the callable cannot be a handler, or is
             already registered for ``name`` with another timeout.
     """
-    _check_name(name)
+    check_name(name)
     _check_timeout(timeout)
 
     def register(handler: HandlerT) -> HandlerT:
@@ -206,7 +205,7 @@ def off(name: str, handler: Callable[..., Any]) -> None:
         EventNameError: ``name`` breaks the naming convention.
         HandlerNotRegisteredError: ``handler`` is not registered for ``name``.
     """
-    _check_name(name)
+    check_name(name)
     with _registry_lock:
         current = _handlers.get(name, [])
         remaining = [e for e in current if not _same_callable(_unwrap(e), handler)]
@@ -229,7 +228,7 @@ def handlers(name: str) -> tuple[Callable[..., Any], ...]:
         EventNameTypeError: ``name`` is not a ``str``.
         EventNameError: ``name`` breaks the naming convention.
     """
-    _check_name(name)
+    check_name(name)
     return tuple(_unwrap(e) for e in _handlers.get(name, ()))
 
 
@@ -243,28 +242,34 @@ async def emit(name: str, /, **kwargs: Any) -> None:
     the next handler runs. Any other ``BaseException`` (cancellation, ``KeyboardInterrupt``)
     propagates at once and later handlers do not run. A name without handlers is a no-op.
 
+    Every check happens before any handler runs.
+
     Raises:
         EventNameTypeError: ``name`` is not a ``str``.
         EventNameError: ``name`` breaks the naming convention.
+        UnknownEventError: ``name`` is not in the catalogue (see ``declare``).
+        PayloadError: the keyword arguments miss a required field, add an undeclared one, or
+            (with type checks on) hold a value of the wrong type.
         EventRecursionError: this emit would nest deeper than ``MAX_DEPTH`` in this task.
     """
     try:
-        entries = _handlers.get(name)
-    except TypeError:  # unhashable, so not a str: _check_name says so below
-        entries = None
+        declaration = catalogue._declared[name]
+    except (KeyError, TypeError):  # TypeError: unhashable, so not a str
+        raise catalogue.unknown_event_error(name) from None
+    if len(kwargs) != declaration.fast_size or not declaration.required.issuperset(kwargs):
+        catalogue.check_payload(declaration, kwargs)
+    entries = _handlers.get(name)
     if not entries:
-        # Registered names were checked by ``on``; only the others need checking here.
-        if name.__class__ is not str or name not in _valid_names:
-            _check_name(name)
-        nesting = _nesting.get(None)
-        if nesting is not None and nesting.depth:
-            _check_depth(name, _nesting_of_this_task(_getframe(1)))
+        if _nesting.get().depth:
+            _check_depth(name, _nesting_of_this_task(_getframe(1)).depth)
         return
-    nesting = _nesting.get(None)
-    if nesting is None or nesting.depth:
+    nesting = _nesting.get()
+    depth = nesting.depth
+    if depth:
         nesting = _nesting_of_this_task(_getframe(1))
-        _check_depth(name, nesting)
-    nesting.depth += 1
+        depth = nesting.depth
+        _check_depth(name, depth)
+    nesting.depth = depth + 1
     try:
         for handler in entries:
             try:
@@ -272,7 +277,72 @@ async def emit(name: str, /, **kwargs: Any) -> None:
             except Exception as exc:
                 _log_failure(name, handler, exc)
     finally:
-        nesting.depth -= 1
+        nesting.depth = depth
+
+
+def verify() -> None:
+    """Check every registered handler against the catalogue; call it once all are imported.
+
+    Reports every problem at once: handlers of undeclared events (with the closest declared
+    names), handler parameters that are not fields of their event (the payload arrives as
+    keyword arguments, so such a parameter would never be filled), and parameters without a
+    default for fields that are only optional.
+
+    Raises:
+        CatalogueError: one or more problems; ``problems`` lists them, one line each.
+    """
+    problems: list[str] = []
+    for name, entries in list(_handlers.items()):
+        declaration = catalogue._declared.get(name)
+        for entry in entries:
+            handler = _unwrap(entry)
+            where = f"{_describe(handler)}{_location(handler)}"
+            if declaration is None:
+                suggestions = catalogue.suggest(name)
+                hint = (
+                    f" (did you mean {' or '.join(map(repr, suggestions))}?)" if suggestions else ""
+                )
+                problems.append(f"{where} handles {name!r}, which is not declared{hint}")
+            else:
+                problems.extend(
+                    f"{where} {problem}"
+                    for problem in _parameter_problems(handler, declaration.spec)
+                )
+    if problems:
+        listed = "\n".join(f"- {problem}" for problem in problems)
+        raise CatalogueError(
+            f"{len(problems)} problem(s) between the handlers and the event catalogue:\n{listed}",
+            problems=problems,
+        )
+
+
+def _parameter_problems(handler: Callable[..., Any], spec: EventSpec) -> list[str]:
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    fields = spec.fields
+    problems = []
+    for parameter in parameters:
+        if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            continue
+        if parameter.name not in fields:
+            problems.append(
+                f"takes {parameter.name!r}, which is not a field of {spec.name!r} "
+                f"(fields: {', '.join(fields) or 'none'})"
+            )
+        elif parameter.name in spec.optional and parameter.default is parameter.empty:
+            problems.append(
+                f"requires {parameter.name!r}, which is optional in {spec.name!r}; "
+                "give the parameter a default"
+            )
+    return problems
+
+
+def _location(handler: Callable[..., Any]) -> str:
+    """`` (path:line)`` of a function's definition, or nothing when it has no code."""
+    code = getattr(inspect.unwrap(getattr(handler, "__func__", handler)), "__code__", None)
+    return f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
 
 
 def _nesting_of_this_task(caller: FrameType | None) -> _Nesting:
@@ -282,8 +352,8 @@ def _nesting_of_this_task(caller: FrameType | None) -> _Nesting:
     ``caller`` on this call stack (only this task's frames are on it); otherwise it is missing or
     was inherited from a task that is using it, and a fresh one replaces it in this context.
     """
-    nesting = _nesting.get(None)
-    if nesting is not None and (not nesting.depth or _emit_running_from(caller)):
+    nesting = _nesting.get()
+    if not nesting.depth or _emit_running_from(caller):
         return nesting
     nesting = _Nesting()
     _nesting.set(nesting)
@@ -302,9 +372,8 @@ def _emit_running_from(frame: FrameType | None) -> bool:
 _EMIT_CODE: Final = emit.__code__
 
 
-def _check_depth(name: str, nesting: _Nesting) -> None:
-    """Raise EventRecursionError if ``nesting`` may not take one more emit."""
-    depth = nesting.depth
+def _check_depth(name: str, depth: int) -> None:
+    """Raise EventRecursionError if an emit at ``depth`` may not nest one more."""
     if depth >= MAX_DEPTH:
         raise EventRecursionError(
             f"emit({name!r}) would nest {depth + 1} emits deep in this task, past the limit "
@@ -337,31 +406,6 @@ def _log_failure(name: str, entry: Callable[..., Any], exc: Exception) -> None:
             traceback.print_exception(logging_exc, file=sys.stderr)
         except Exception:  # noqa: S110 - stderr itself is gone; nothing is left to report to.
             pass
-
-
-def _check_name(name: object) -> None:
-    """Raise unless ``name`` follows the naming convention; remember names that do."""
-    if not isinstance(name, str):
-        raise EventNameTypeError(
-            f"event name must be a str, not {type(name).__qualname__}; {_NAME_CONVENTION}",
-            event_name=name,
-        )
-    if len(name) > MAX_NAME_LENGTH:
-        raise EventNameError(
-            f"invalid event name {_shorten(name)}: it is {len(name)} characters long; "
-            f"{_NAME_CONVENTION}",
-            event_name=name,
-        )
-    if _NAME_PATTERN.fullmatch(name) is None:
-        raise EventNameError(
-            f"invalid event name {_shorten(name)}; {_NAME_CONVENTION}", event_name=name
-        )
-    if len(_valid_names) < _VALID_NAMES_CACHE_SIZE and type(name) is str:
-        _valid_names.add(name)
-
-
-def _shorten(name: str, limit: int = 60) -> str:
-    return repr(name if len(name) <= limit else name[: limit - 3] + "...")
 
 
 def _check_timeout(timeout: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.business.hr import events as events  # declares the events hr publishes
 from app.business.hr.models import (
     Employee,
     EmployeeNotFoundError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.business.notify import handlers as handlers
+from app.business.notify import events as events  # registers its handlers on import
 from app.business.notify.outbox import Mail, Outbox, outbox
 
 __all__ = ["Mail", "Outbox", "outbox"]

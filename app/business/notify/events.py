@@ -1,4 +1,4 @@
-"""Event handlers of the notify package."""
+"""The notify package's side of the event catalogue: the events it handles."""
 
 from __future__ import annotations
 
