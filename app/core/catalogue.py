@@ -71,21 +71,13 @@ class EventSpec:
 class _Entry:
     """A spec with what ``emit`` needs precomputed for its checks."""
 
-    __slots__ = ("allowed", "fast_size", "getter", "order", "required", "spec")
+    __slots__ = ("allowed", "fast_size", "required", "spec")
 
     def __init__(self, spec: EventSpec) -> None:
         self.spec = spec
         self.required = frozenset(spec.payload)
         self.allowed = frozenset(spec.fields)
         self.fast_size = _fast_size(self.required)
-        self.order = tuple(spec.payload)
-        import operator
-
-        self.getter = operator.itemgetter(*self.order) if self.order else (lambda d: None)
-        self.order = tuple(spec.payload)
-        import operator
-
-        self.getter = operator.itemgetter(*self.order) if self.order else (lambda d: None)
 
 
 def _fast_size(required: frozenset[str]) -> int:
