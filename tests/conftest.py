@@ -63,3 +63,6 @@ def restore_structlog() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+pytest_plugins = ["pytester"]

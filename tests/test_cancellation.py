@@ -99,6 +99,7 @@ async def test_a_base_exception_group_propagates(registry, logs):
     assert logs == []
 
 
+@pytest.mark.events_expect_failure("employee.created", HandlerTimeoutError)
 async def test_a_handler_over_its_timeout_is_cancelled_and_logged(registry, logs):
     """``timeout=`` cancels that handler, logs "timed out" with the limit, and goes on."""
     trace = []

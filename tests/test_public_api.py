@@ -14,6 +14,8 @@ PUBLIC_MODULES = [
     "app.core.logging",
     "app.core.catalogue",
     "app.bootstrap",
+    "app.testing",
+    "app.testing.pytest_plugin",
     "app.cli",
     "app.demo",
     "app.business.hr",

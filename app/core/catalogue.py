@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
+from app.core import _hooks
 from app.core._errors import CatalogueError, EventsError, PayloadError, UnknownEventError
 from app.core._names import check_name, name_error
 
@@ -33,6 +34,7 @@ __all__ = [
     "check_payload_types",
     "declare",
     "declared",
+    "install_hook",
     "payload_types_checked",
     "suggest",
     "unknown_event_error",
@@ -83,8 +85,8 @@ class _Entry:
 def _fast_size(required: frozenset[str]) -> int:
     """How many keys a payload has when ``emit`` may skip ``check_payload``: exactly the
     required ones (a payload that size, all of whose keys are required, holds them all).
-    -1 while type checks are on, so that every payload goes through ``check_payload``."""
-    return -1 if _type_checks else len(required)
+    -1 while type checks or a test hook are on, so that every emit takes the slow path."""
+    return -1 if _type_checks or _hooks.installed is not None else len(required)
 
 
 _declared: dict[str, _Entry] = {}
@@ -161,6 +163,16 @@ def check_payload_types(enabled: bool) -> None:
     """Turn checking of payload value types at ``emit`` on or off (off by default)."""
     global _type_checks
     _type_checks = enabled
+    _refresh_fast_paths()
+
+
+def install_hook(hook: _hooks.EmitHook | None) -> None:
+    """Install the test plugin's hook (None removes it); see ``app.core._hooks``."""
+    _hooks.installed = hook
+    _refresh_fast_paths()
+
+
+def _refresh_fast_paths() -> None:
     for entry in _declared.values():
         entry.fast_size = _fast_size(entry.required)
 

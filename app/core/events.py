@@ -34,7 +34,7 @@ from typing import Any, Final, TypeVar
 import anyio
 import structlog
 
-from app.core import catalogue
+from app.core import _hooks, catalogue
 from app.core._errors import (
     CatalogueError,
     EventNameError,
@@ -258,6 +258,9 @@ async def emit(name: str, /, **kwargs: Any) -> None:
         raise catalogue.unknown_event_error(name) from None
     if len(kwargs) != declaration.fast_size or not declaration.required.issuperset(kwargs):
         catalogue.check_payload(declaration, kwargs)
+        hook = _hooks.installed
+        if hook is not None and not hook.emitted(name, kwargs, _getframe(0)):
+            return  # muted by the test plugin, after recording and checking
     entries = _handlers.get(name)
     if not entries:
         if _nesting.get().depth:
@@ -394,6 +397,9 @@ def _timeout_of(entry: Callable[..., Any]) -> float | None:
 def _log_failure(name: str, entry: Callable[..., Any], exc: Exception) -> None:
     """Log a handler's failure once; if logging itself fails, fall back to stderr."""
     label = entry.label if isinstance(entry, _Adapter) else _describe(entry)
+    hook = _hooks.installed
+    if hook is not None:
+        hook.handler_failed(name, label, exc)
     try:
         log.exception("event handler failed", event_name=name, handler=label, exc_info=exc)
     except Exception as logging_exc:
