@@ -1,16 +1,19 @@
-"""Instrumentation points for the test plugin, free while nothing is installed.
+"""What ``emit`` consults on its slow path only: the test plugin's hook and deferral scopes.
 
-While a hook is installed, every declaration's fast path is off (see ``catalogue._fast_size``),
-so ``emit`` takes its slow path, where it calls the hook; production never does.
+While a hook is installed or a deferral scope is open anywhere, every declaration's fast path
+is off (see ``catalogue._fast_size``), so ``emit`` takes its slow path and looks here; when
+neither is in use, emit pays nothing for them.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from contextvars import ContextVar
 from types import FrameType
 from typing import Any, Protocol
 
-__all__ = ["EmitHook", "installed"]
+__all__ = ["EmitHook", "deferral", "installed", "open_scopes", "replaying", "scope_opened"]
 
 
 class EmitHook(Protocol):
@@ -26,3 +29,26 @@ class EmitHook(Protocol):
 
 installed: EmitHook | None = None
 """The hook in force, or None. Set it with ``app.core.catalogue.install_hook``."""
+
+
+deferral: ContextVar[list[tuple[str, dict[str, Any]]] | None] = ContextVar(
+    "app.core.events.deferral", default=None
+)
+"""The queue of the innermost open deferral scope of this context, or None."""
+
+replaying: ContextVar[bool] = ContextVar("app.core.events.replaying", default=False)
+"""True while a scope delivers what it queued: those emits were recorded when first made."""
+
+open_scopes = 0
+"""How many deferral scopes are open in the process."""
+
+_scopes_lock = threading.Lock()
+
+
+def scope_opened(change: int) -> bool:
+    """Count a scope opening (+1) or closing (-1); return whether the count crossed zero."""
+    global open_scopes
+    with _scopes_lock:
+        before = open_scopes
+        open_scopes += change
+        return (before == 0) != (open_scopes == 0)

@@ -30,12 +30,14 @@ from app.core._names import check_name, name_error
 
 __all__ = [
     "EventSpec",
+    "check_emit",
     "check_payload",
     "check_payload_types",
     "declare",
     "declared",
     "install_hook",
     "payload_types_checked",
+    "refresh_fast_paths",
     "suggest",
     "unknown_event_error",
 ]
@@ -85,8 +87,11 @@ class _Entry:
 def _fast_size(required: frozenset[str]) -> int:
     """How many keys a payload has when ``emit`` may skip ``check_payload``: exactly the
     required ones (a payload that size, all of whose keys are required, holds them all).
-    -1 while type checks or a test hook are on, so that every emit takes the slow path."""
-    return -1 if _type_checks or _hooks.installed is not None else len(required)
+    -1 while type checks, a test hook or a deferral scope are on: every emit then takes the
+    slow path."""
+    if _type_checks or _hooks.installed is not None or _hooks.open_scopes:
+        return -1
+    return len(required)
 
 
 _declared: dict[str, _Entry] = {}
@@ -163,16 +168,17 @@ def check_payload_types(enabled: bool) -> None:
     """Turn checking of payload value types at ``emit`` on or off (off by default)."""
     global _type_checks
     _type_checks = enabled
-    _refresh_fast_paths()
+    refresh_fast_paths()
 
 
 def install_hook(hook: _hooks.EmitHook | None) -> None:
     """Install the test plugin's hook (None removes it); see ``app.core._hooks``."""
     _hooks.installed = hook
-    _refresh_fast_paths()
+    refresh_fast_paths()
 
 
-def _refresh_fast_paths() -> None:
+def refresh_fast_paths() -> None:
+    """Recompute whether each declaration may take emit's fast path (see ``_fast_size``)."""
     for entry in _declared.values():
         entry.fast_size = _fast_size(entry.required)
 
@@ -217,6 +223,20 @@ def check_payload(entry: _Entry, kwargs: Mapping[str, Any]) -> None:
         unexpected=unexpected,
         wrong_types=wrong_types,
     )
+
+
+def check_emit(name: object, kwargs: Mapping[str, Any]) -> None:
+    """Check an emit as ``emit`` does, without delivering it.
+
+    Raises:
+        EventNameTypeError, EventNameError, UnknownEventError: the name is not declared.
+        PayloadError: the payload does not fit the declaration.
+    """
+    try:
+        entry = _declared[name]  # type: ignore[index]
+    except (KeyError, TypeError):
+        raise unknown_event_error(name) from None
+    check_payload(entry, kwargs)
 
 
 def unknown_event_error(name: object) -> EventsError:

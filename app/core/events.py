@@ -258,9 +258,8 @@ async def emit(name: str, /, **kwargs: Any) -> None:
         raise catalogue.unknown_event_error(name) from None
     if len(kwargs) != declaration.fast_size or not declaration.required.issuperset(kwargs):
         catalogue.check_payload(declaration, kwargs)
-        hook = _hooks.installed
-        if hook is not None and not hook.emitted(name, kwargs, _getframe(0)):
-            return  # muted by the test plugin, after recording and checking
+        if not _deliver_now(name, kwargs, _getframe(0)):
+            return  # queued by a deferral scope, or muted by the test plugin
     entries = _handlers.get(name)
     if not entries:
         if _nesting.get().depth:
@@ -281,6 +280,21 @@ async def emit(name: str, /, **kwargs: Any) -> None:
                 _log_failure(name, handler, exc)
     finally:
         nesting.depth = depth
+
+
+def _deliver_now(name: str, kwargs: dict[str, Any], frame: FrameType) -> bool:
+    """On emit's slow path, after the checks: tell the test hook, queue into an open deferral
+    scope; return whether to deliver now."""
+    deliver = True
+    hook = _hooks.installed
+    if hook is not None and not _hooks.replaying.get():
+        deliver = hook.emitted(name, kwargs, frame)
+    queue = _hooks.deferral.get()
+    if queue is None:
+        return deliver
+    if deliver:
+        queue.append((name, kwargs))
+    return False
 
 
 def verify() -> None:

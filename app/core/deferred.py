@@ -1,0 +1,199 @@
+"""Delivery later: after a unit of work commits, or in the background of an application.
+
+``deferred_events()`` opens a scope in which ``emit`` checks everything at once but queues the
+delivery until the scope ends cleanly; ``BackgroundEmitter`` delivers fire-and-forget emits in
+a task group that its owner (an application's lifespan) awaits. Both run on anyio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+import structlog
+
+from app.core import _hooks, catalogue
+from app.core._errors import EventsError
+from app.core.events import emit
+
+__all__ = ["BackgroundEmitter", "DeferredBatch", "EmitterClosedError", "deferred_events"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_GRACE_PERIOD: Final = 10.0
+"""Seconds ``BackgroundEmitter`` waits for pending deliveries at shutdown, by default."""
+
+
+class EmitterClosedError(EventsError, RuntimeError):
+    """``emit_soon`` on a BackgroundEmitter that is not running (not entered, or shut down)."""
+
+
+class DeferredBatch:
+    """The events a ``deferred_events()`` scope queued, in emit order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.discard_reason: str | None = None
+
+    def discard(self, reason: str) -> None:
+        """Drop every queued event, and those still to come, when the scope ends."""
+        self.discard_reason = reason
+
+    @property
+    def names(self) -> list[str]:
+        """The queued event names, in emit order."""
+        return [name for name, _ in self.events]
+
+
+@contextlib.asynccontextmanager
+async def deferred_events() -> AsyncIterator[DeferredBatch]:
+    """Queue the deliveries of every ``emit`` in this context until the block ends.
+
+    ``emit`` still checks name and payload at once and raises there. On a clean exit the
+    queued events are delivered in emit order, each with the usual failure isolation, or, in
+    a nested scope, handed to the enclosing one (they are delivered when it ends cleanly). If
+    the block raises, or ``discard()`` was called, they are dropped with one debug log line
+    (``"deferred events discarded"``, with ``count`` and ``reason``). Cancellation during
+    delivery propagates after one warning naming the events not delivered.
+
+    Works through a ContextVar, so code deep in the call stack needs no extra argument; tasks
+    started inside the block inherit it.
+    """
+    outer = _hooks.deferral.get()
+    batch = DeferredBatch()
+    token = _hooks.deferral.set(batch.events)
+    if _hooks.scope_opened(+1):
+        catalogue.refresh_fast_paths()
+    try:
+        yield batch
+    except BaseException as error:
+        _discarded(batch, f"the block raised {type(error).__name__}")
+        raise
+    finally:
+        _hooks.deferral.reset(token)
+        if _hooks.scope_opened(-1):
+            catalogue.refresh_fast_paths()
+    if batch.discard_reason is not None:
+        _discarded(batch, batch.discard_reason)
+    elif outer is not None:
+        outer.extend(batch.events)
+    else:
+        await _deliver(batch.events)
+
+
+async def _deliver(events: list[tuple[str, dict[str, Any]]]) -> None:
+    token = _hooks.replaying.set(True)
+    try:
+        for index, (name, kwargs) in enumerate(events):
+            try:
+                await emit(name, **kwargs)
+            except Exception:
+                log.exception("deferred event failed", event_name=name)
+            except BaseException:
+                log.warning(
+                    "deferred events not delivered",
+                    event_names=[n for n, _ in events[index:]],
+                    count=len(events) - index,
+                )
+                raise
+    finally:
+        _hooks.replaying.reset(token)
+
+
+def _discarded(batch: DeferredBatch, reason: str) -> None:
+    if batch.events:
+        log.debug(
+            "deferred events discarded",
+            count=len(batch.events),
+            event_names=batch.names,
+            reason=reason,
+        )
+
+
+class BackgroundEmitter:
+    """Fire-and-forget emits, delivered in a task group owned by whoever enters this.
+
+    Use it as an application's lifespan resource::
+
+        async with BackgroundEmitter(grace_period=5) as emitter:
+            emitter.emit_soon("employee.created", employee_id=1, ...)
+
+    On exit it stops accepting, waits up to ``grace_period`` seconds for pending deliveries,
+    then cancels the rest with one warning (``"background deliveries cancelled"``, naming each
+    event). Nothing is dropped without a log line.
+    """
+
+    def __init__(self, *, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
+        self.grace_period = grace_period
+        self._group: anyio.abc.TaskGroup | None = None
+        self._pending: dict[int, str] = {}
+        self._ids = itertools.count()
+        self._drained: anyio.Event | None = None
+
+    @property
+    def pending(self) -> list[str]:
+        """Names of the events whose delivery has not finished, in emit order."""
+        return list(self._pending.values())
+
+    async def __aenter__(self) -> BackgroundEmitter:
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        self._drained = anyio.Event()
+        return self
+
+    def emit_soon(self, name: str, /, **kwargs: Any) -> None:
+        """Check the event now and deliver it in the background, as ``emit`` would.
+
+        Raises:
+            EmitterClosedError: the emitter is not running.
+            EventNameError, UnknownEventError, PayloadError: as ``emit``, at once.
+        """
+        if self._group is None:
+            raise EmitterClosedError(
+                f"cannot emit_soon({name!r}): the background emitter is not running",
+                event_name=name,
+            )
+        catalogue.check_emit(name, kwargs)
+        key = next(self._ids)
+        self._pending[key] = name
+        self._group.start_soon(self._deliver, key, name, kwargs, name=f"emit_soon {name}")
+
+    async def _deliver(self, key: int, name: str, kwargs: dict[str, Any]) -> None:
+        try:
+            await emit(name, **kwargs)
+        except Exception:
+            log.exception("background event failed", event_name=name)
+        finally:
+            del self._pending[key]
+            if not self._pending and self._group is None and self._drained is not None:
+                self._drained.set()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        group, self._group = self._group, None
+        if group is None or self._drained is None:
+            raise EmitterClosedError("BackgroundEmitter exited without being entered")
+        try:
+            if self._pending:
+                with anyio.move_on_after(self.grace_period, shield=True):
+                    await self._drained.wait()
+            if self._pending:
+                log.warning(
+                    "background deliveries cancelled",
+                    event_names=self.pending,
+                    count=len(self._pending),
+                    grace_period=self.grace_period,
+                )
+                group.cancel_scope.cancel()
+        finally:
+            result = await group.__aexit__(exc_type, exc, traceback)
+        return result

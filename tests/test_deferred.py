@@ -1,0 +1,247 @@
+"""Deferred delivery: unit-of-work scopes and the background emitter, on asyncio and trio."""
+
+from __future__ import annotations
+
+import contextlib
+
+import anyio
+import pytest
+
+from app.core.deferred import BackgroundEmitter, EmitterClosedError, deferred_events
+from app.core.events import PayloadError, UnknownEventError, emit, on
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def events_of_this_file(declare_event):
+    """Declare the events these tests emit."""
+    declare_event("order.placed", "order_id")
+    declare_event("order.shipped", "order_id")
+
+
+@pytest.fixture
+def delivered(registry):
+    """The order ids each event's handler saw, in delivery order."""
+    seen: list[tuple[str, int]] = []
+    on("order.placed")(lambda **kwargs: seen.append(("placed", kwargs["order_id"])))
+    on("order.shipped")(lambda **kwargs: seen.append(("shipped", kwargs["order_id"])))
+    return seen
+
+
+async def test_events_wait_for_a_clean_exit_then_arrive_in_order(delivered):
+    """Inside the scope nothing is delivered; at its clean end, everything, in emit order."""
+    async with deferred_events() as batch:
+        await emit("order.placed", order_id=1)
+        await emit("order.shipped", order_id=1)
+        await emit("order.placed", order_id=2)
+        assert delivered == []
+        assert batch.names == ["order.placed", "order.shipped", "order.placed"]
+    assert delivered == [("placed", 1), ("shipped", 1), ("placed", 2)]
+
+
+async def test_checks_still_happen_at_emit(delivered):
+    """A bad name or payload raises at the emit inside the scope, not at delivery."""
+    async with deferred_events():
+        with pytest.raises(UnknownEventError):
+            await emit("order.lost", order_id=1)
+        with pytest.raises(PayloadError):
+            await emit("order.placed")
+    assert delivered == []
+
+
+async def test_a_block_that_raises_discards_its_events_with_one_debug_line(delivered, logs):
+    """Nothing is delivered for a failed unit of work; one debug record says how many."""
+
+    async def failing_unit_of_work():
+        async with deferred_events():
+            await emit("order.placed", order_id=1)
+            await emit("order.shipped", order_id=1)
+            raise RuntimeError("rollback")
+
+    with pytest.raises(RuntimeError, match="rollback"):
+        await failing_unit_of_work()
+    assert delivered == []
+    assert logs == [
+        {
+            "event": "deferred events discarded",
+            "log_level": "debug",
+            "count": 2,
+            "event_names": ["order.placed", "order.shipped"],
+            "reason": "the block raised RuntimeError",
+        }
+    ]
+
+
+async def test_discard_drops_the_batch_without_an_exception(delivered, logs):
+    """``batch.discard(reason)`` drops the queued events at a clean exit."""
+    async with deferred_events() as batch:
+        await emit("order.placed", order_id=1)
+        batch.discard("response status 500")
+    assert delivered == []
+    assert logs[0]["reason"] == "response status 500"
+
+
+async def test_nested_scopes_behave_like_savepoints(delivered):
+    """A failed inner scope drops only its own events; a clean one hands them outwards."""
+
+    async def failing_inner():
+        async with deferred_events():
+            await emit("order.placed", order_id=2)
+            raise ValueError("inner")
+
+    async with deferred_events():
+        await emit("order.placed", order_id=1)
+        with pytest.raises(ValueError, match="inner"):
+            await failing_inner()
+        async with deferred_events():
+            await emit("order.shipped", order_id=3)
+        assert delivered == []  # the clean inner scope waits for the outer one
+    assert delivered == [("placed", 1), ("shipped", 3)]
+
+
+async def test_concurrent_scopes_never_mix(delivered):
+    """Each task's scope holds its own events: one failing drops only its own."""
+
+    async def unit_of_work(order_id, fail):
+        async with deferred_events():
+            await emit("order.placed", order_id=order_id)
+            await anyio.sleep(0.01)
+            if fail:
+                raise LookupError(order_id)
+
+    async def run(order_id, fail):
+        with contextlib.suppress(LookupError):
+            await unit_of_work(order_id, fail)
+
+    async with anyio.create_task_group() as group:
+        for order_id in range(6):
+            group.start_soon(run, order_id, order_id % 2 == 1)
+    assert sorted(delivered) == [("placed", 0), ("placed", 2), ("placed", 4)]
+
+
+async def test_delivery_keeps_failure_isolation(registry, logs, expect_handler_failure):
+    """A failing handler during delivery is logged, and the next event is delivered."""
+    seen = []
+
+    def broken(**kwargs):
+        raise ValueError("broken")
+
+    on("order.placed")(broken)
+    on("order.shipped")(lambda **kwargs: seen.append(kwargs["order_id"]))
+    with expect_handler_failure("order.placed", ValueError):
+        async with deferred_events():
+            await emit("order.placed", order_id=1)
+            await emit("order.shipped", order_id=1)
+    assert seen == [1]
+    assert [r["event"] for r in logs] == ["event handler failed"]
+
+
+async def test_cancellation_during_delivery_names_what_was_lost(registry, logs):
+    """If delivery is cancelled, one warning names the events not delivered, then it stops."""
+
+    async def slow(**kwargs):
+        await anyio.sleep(10)
+
+    on("order.placed")(slow)
+    with anyio.move_on_after(0.05) as scope:
+        async with deferred_events():
+            await emit("order.placed", order_id=1)
+            await emit("order.shipped", order_id=2)
+    assert scope.cancelled_caught
+    assert logs == [
+        {
+            "event": "deferred events not delivered",
+            "log_level": "warning",
+            "event_names": ["order.placed", "order.shipped"],
+            "count": 2,
+        }
+    ]
+
+
+async def test_the_fast_path_returns_once_every_scope_is_closed(delivered):
+    """While a scope is open emits take the slow path; after, the fast path again."""
+    from app.core import _hooks, catalogue
+
+    plugin_hook = _hooks.installed  # the test plugin forces the slow path on its own
+    catalogue.install_hook(None)
+    catalogue.check_payload_types(False)
+    try:
+        assert catalogue._declared["order.placed"].fast_size == 1
+        async with deferred_events():
+            assert catalogue._declared["order.placed"].fast_size == -1
+            await emit("order.placed", order_id=1)
+            assert delivered == []
+        assert catalogue._declared["order.placed"].fast_size == 1
+        assert delivered == [("placed", 1)]
+    finally:
+        catalogue.check_payload_types(True)
+        catalogue.install_hook(plugin_hook)
+
+
+async def test_background_emits_are_delivered_in_the_owners_task_group(delivered):
+    """emit_soon returns at once; the delivery happens in the emitter's task group."""
+    async with BackgroundEmitter() as emitter:
+        emitter.emit_soon("order.placed", order_id=1)
+        emitter.emit_soon("order.shipped", order_id=1)
+        assert emitter.pending == ["order.placed", "order.shipped"]
+    assert sorted(delivered) == [("placed", 1), ("shipped", 1)]
+    assert emitter.pending == []
+
+
+async def test_emit_soon_checks_at_once_and_refuses_when_closed(delivered):
+    """A bad emit raises in the caller; a closed emitter refuses new work."""
+    emitter = BackgroundEmitter()
+    with pytest.raises(EmitterClosedError, match="not running"):
+        emitter.emit_soon("order.placed", order_id=1)
+    async with emitter:
+        with pytest.raises(PayloadError):
+            emitter.emit_soon("order.placed")
+        with pytest.raises(UnknownEventError):
+            emitter.emit_soon("order.lost", order_id=1)
+    with pytest.raises(EmitterClosedError):
+        emitter.emit_soon("order.placed", order_id=1)
+    assert delivered == []
+
+
+async def test_shutdown_waits_for_pending_deliveries_within_the_grace_period(registry, logs):
+    """Deliveries that finish within the grace period complete; nothing is logged."""
+    done = []
+
+    async def slowish(**kwargs):
+        await anyio.sleep(0.05)
+        done.append(kwargs["order_id"])
+
+    on("order.placed")(slowish)
+    async with BackgroundEmitter(grace_period=5) as emitter:
+        for order_id in range(3):
+            emitter.emit_soon("order.placed", order_id=order_id)
+    assert sorted(done) == [0, 1, 2]
+    assert logs == []
+
+
+async def test_shutdown_cancels_what_outlives_the_grace_period_and_says_so(registry, logs):
+    """Past the grace period the rest is cancelled, with one warning naming each event."""
+    done = []
+
+    async def stuck(**kwargs):
+        await anyio.sleep(10)
+        done.append(1)
+
+    on("order.shipped")(stuck)
+    on("order.placed")(lambda **kwargs: done.append(kwargs["order_id"]))
+    with anyio.fail_after(5):
+        async with BackgroundEmitter(grace_period=0.05) as emitter:
+            emitter.emit_soon("order.placed", order_id=7)
+            emitter.emit_soon("order.shipped", order_id=8)
+            emitter.emit_soon("order.shipped", order_id=9)
+    assert done == [7]
+    assert logs == [
+        {
+            "event": "background deliveries cancelled",
+            "log_level": "warning",
+            "event_names": ["order.shipped", "order.shipped"],
+            "count": 2,
+            "grace_period": 0.05,
+        }
+    ]
