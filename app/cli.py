@@ -1,7 +1,8 @@
 """The command line.
 
-``python -m app [--json]`` runs the demo scenario; ``python -m app events`` prints the event
-catalogue, ``events check`` checks it and EVENTS.md, ``events write`` regenerates EVENTS.md.
+``python -m app serve`` runs the reference service; ``python -m app`` (or ``demo``) runs the
+demo scenario; ``python -m app events`` prints the event catalogue, ``events check`` checks it
+and EVENTS.md, ``events write`` regenerates EVENTS.md.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
         help="log JSON lines instead of console lines (or set APP_LOG_JSON=1)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the reference HR service",
+        description="Serve the HR reference service with uvicorn. The database is "
+        "APP_DATABASE_URL, or the SQLite file app.db in the working directory.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    commands.add_parser("demo", help="run the demo scenario (the default command)")
     events = commands.add_parser(
         "events",
         help="show, check or write the event catalogue",
@@ -65,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
         help="EVENTS.md to check or write (default: beside --root)",
     )
     return parser
+
+
+def _serve(*, host: str, port: int, json: bool) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    configure_logging(json=json)
+    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+    return 0
 
 
 def _demo(*, json: bool) -> int:

@@ -1,8 +1,10 @@
-"""The main job until the web service exists: a short scenario that shows the registry at work.
+"""``python -m app demo``: a short scenario showing the registry at work, with no server.
 
 It imports the business packages (their ``@on`` handlers register on import), registers one
-handler that always fails, and runs an HR scenario: the welcome mail and the audit trail are
-written by handlers in other packages, and the failing handler is logged without stopping them.
+handler that always fails, and runs an HR scenario over an in-memory SQLite database. Each
+unit of work commits before its events are delivered (``app.db.unit_of_work``); the welcome
+mail and the audit trail are written by handlers in other packages; the failing handler is
+logged and isolated.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from typing import Any
 
 import structlog
 
+from app import db
 from app.business import audit, notify
-from app.business.hr import EmployeeStatus, EmployeeStore, change_status, create_employee
+from app.business.hr import EmployeeStatus, change_status, create_employee
 from app.utils import on
 
 __all__ = ["run_demo"]
 
 log = structlog.get_logger(__name__)
+
+DEMO_DATABASE_URL = "sqlite+aiosqlite:///:memory:"
 
 
 @on("employee.created")
@@ -28,18 +33,28 @@ def refresh_headcount_dashboard(**_: Any) -> None:
 
 async def run_demo() -> None:
     """Create an employee, move it through two statuses, and log what the handlers did."""
-    store = EmployeeStore()
-    employee = await create_employee(store, name="Ada Lovelace", department_id=7, created_by=1)
-    log.info("employee created", employee_id=employee.id, status=employee.status)
-    await change_status(store, employee.id, to_state=EmployeeStatus.ACTIVE, actor_id=1)
-    await change_status(store, employee.id, to_state=EmployeeStatus.ON_LEAVE, actor_id=2)
-    for mail in notify.outbox.mails:
-        log.info("outbox", employee_id=mail.employee_id, subject=mail.subject, body=mail.body)
-    for entry in audit.trail.entries:
-        log.info(
-            "audit trail",
-            employee_id=entry.employee_id,
-            from_state=entry.from_state,
-            to_state=entry.to_state,
-            actor_id=entry.actor_id,
-        )
+    await db.open_database(DEMO_DATABASE_URL)
+    try:
+        async with db.unit_of_work() as session:
+            employee = await create_employee(
+                session, name="Ada Lovelace", department_id=7, created_by=1
+            )
+            log.info("employee created", employee_id=employee.id, status=employee.status)
+        for to_state, actor_id in [(EmployeeStatus.ACTIVE, 1), (EmployeeStatus.ON_LEAVE, 2)]:
+            async with db.unit_of_work() as session:
+                await change_status(session, employee.id, to_state=to_state, actor_id=actor_id)
+        async with db.transaction() as session:
+            for mail in await notify.list_outbox(session):
+                log.info(
+                    "outbox", employee_id=mail.employee_id, subject=mail.subject, body=mail.body
+                )
+            for entry in await audit.list_audit(session):
+                log.info(
+                    "audit trail",
+                    employee_id=entry.employee_id,
+                    from_state=entry.from_state,
+                    to_state=entry.to_state,
+                    actor_id=entry.actor_id,
+                )
+    finally:
+        await db.close_database()

@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import collections
-
 import pytest
+import pytest_asyncio
 
+from app import db
 from app.business import audit, notify
 from app.business.hr import (
     EmployeeNotFoundError,
     EmployeeStatus,
-    EmployeeStore,
     IllegalTransitionError,
     change_status,
     create_employee,
+    get_employee,
 )
-from app.core import events
-from app.core.events import handlers, on
+from app.core.events import handlers
 
 
-@pytest.fixture
-def outbox(monkeypatch):
-    """An empty outbox for this test."""
-    fresh = notify.Outbox()
-    monkeypatch.setattr("app.business.notify.events.outbox", fresh)
-    return fresh
-
-
-@pytest.fixture
-def trail(monkeypatch):
-    """An empty audit trail for this test."""
-    fresh = audit.AuditTrail()
-    monkeypatch.setattr("app.business.audit.events.trail", fresh)
-    return fresh
+@pytest_asyncio.fixture
+async def database(tmp_path):
+    """A fresh SQLite file with every table."""
+    await db.open_database(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+    yield
+    await db.close_database()
 
 
 def test_importing_the_packages_registers_their_handlers():
@@ -42,49 +33,55 @@ def test_importing_the_packages_registers_their_handlers():
 
 
 @pytest.mark.asyncio
-async def test_creating_an_employee_queues_the_welcome_mail(outbox):
-    """employee.created reaches notify, which queues one mail."""
-    employee = await create_employee(EmployeeStore(), name="Ada", department_id=7, created_by=1)
-    assert outbox.mails == [
-        notify.Mail(
-            employee_id=employee.id, subject="Welcome aboard", body="Welcome to department 7!"
-        )
+async def test_creating_an_employee_queues_the_welcome_mail(database, events_recorder):
+    """employee.created reaches notify after the commit; notify writes the mail."""
+    async with db.unit_of_work() as session:
+        employee = await create_employee(session, name="Ada", department_id=7, created_by=1)
+    events_recorder.assert_emitted_once("employee.created", employee_id=employee.id)
+    async with db.transaction() as session:
+        mails = await notify.list_outbox(session)
+    assert [(m.employee_id, m.subject, m.body) for m in mails] == [
+        (employee.id, "Welcome aboard", "Welcome to department 7!")
     ]
 
 
 @pytest.mark.asyncio
-async def test_status_changes_are_audited(trail):
+async def test_status_changes_are_audited(database):
     """employee.status_changed reaches audit with both states and the actor."""
-    store = EmployeeStore()
-    employee = await create_employee(store, name="Ada", department_id=7, created_by=1)
-    await change_status(store, employee.id, to_state=EmployeeStatus.ACTIVE, actor_id=3)
-    assert trail.entries == [
-        audit.AuditEntry(
-            employee_id=employee.id, from_state="onboarding", to_state="active", actor_id=3
-        )
+    async with db.unit_of_work() as session:
+        employee = await create_employee(session, name="Ada", department_id=7, created_by=1)
+    async with db.unit_of_work() as session:
+        await change_status(session, employee.id, to_state=EmployeeStatus.ACTIVE, actor_id=3)
+    async with db.transaction() as session:
+        entries = await audit.list_audit(session)
+        stored = await get_employee(session, employee.id)
+    assert [(e.employee_id, e.from_state, e.to_state, e.actor_id) for e in entries] == [
+        (employee.id, "onboarding", "active", 3)
     ]
+    assert stored.status == "active"
 
 
 @pytest.mark.asyncio
-async def test_an_illegal_transition_changes_nothing_and_emits_nothing(monkeypatch):
-    """A move the state machine forbids raises and emits no event."""
-    monkeypatch.setattr(events, "_handlers", collections.defaultdict(list))
-    emitted = []
-    on("employee.status_changed")(lambda **kwargs: emitted.append(kwargs))
-    store = EmployeeStore()
-    employee = await create_employee(store, name="Ada", department_id=7, created_by=1)
+@pytest.mark.events_mute
+async def test_an_illegal_transition_changes_nothing_and_emits_nothing(database, events_recorder):
+    """A move the state machine forbids raises, rolls back and emits no event."""
+    async with db.unit_of_work() as session:
+        employee = await create_employee(session, name="Ada", department_id=7, created_by=1)
     with pytest.raises(
         IllegalTransitionError,
-        match="cannot move an employee from onboarding "
-        "to on_leave; allowed from onboarding: active, terminated",
+        match="cannot move an employee from onboarding to on_leave; "
+        "allowed from onboarding: active, terminated",
     ):
-        await change_status(store, employee.id, to_state=EmployeeStatus.ON_LEAVE, actor_id=1)
-    assert employee.status is EmployeeStatus.ONBOARDING
-    assert emitted == []
+        async with db.unit_of_work() as session:
+            await change_status(session, employee.id, to_state=EmployeeStatus.ON_LEAVE, actor_id=1)
+    events_recorder.assert_not_emitted("employee.status_changed")
+    async with db.transaction() as session:
+        assert (await get_employee(session, employee.id)).status == "onboarding"
 
 
 @pytest.mark.asyncio
-async def test_an_unknown_employee_is_a_lookup_error():
+async def test_an_unknown_employee_is_a_lookup_error(database):
     """Changing an employee that does not exist raises EmployeeNotFoundError."""
     with pytest.raises(EmployeeNotFoundError, match="no employee with id 99"):
-        await change_status(EmployeeStore(), 99, to_state=EmployeeStatus.ACTIVE, actor_id=1)
+        async with db.transaction() as session:
+            await change_status(session, 99, to_state=EmployeeStatus.ACTIVE, actor_id=1)

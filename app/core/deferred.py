@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -20,7 +20,14 @@ from app.core import _hooks, catalogue
 from app.core._errors import EventsError
 from app.core.events import emit
 
-__all__ = ["BackgroundEmitter", "DeferredBatch", "EmitterClosedError", "deferred_events"]
+__all__ = [
+    "BackgroundEmitter",
+    "DeferredBatch",
+    "EmitterClosedError",
+    "Events",
+    "deferred_events",
+    "deliver_in_order",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -49,13 +56,19 @@ class DeferredBatch:
         return [name for name, _ in self.events]
 
 
+Events = list[tuple[str, dict[str, Any]]]
+
+
 @contextlib.asynccontextmanager
-async def deferred_events() -> AsyncIterator[DeferredBatch]:
+async def deferred_events(
+    *, deliver: Callable[[Events], None] | None = None
+) -> AsyncIterator[DeferredBatch]:
     """Queue the deliveries of every ``emit`` in this context until the block ends.
 
     ``emit`` still checks name and payload at once and raises there. On a clean exit the
-    queued events are delivered in emit order, each with the usual failure isolation, or, in
-    a nested scope, handed to the enclosing one (they are delivered when it ends cleanly). If
+    queued events are delivered in emit order, each with the usual failure isolation (or
+    passed to ``deliver``, such as ``BackgroundEmitter.deliver_soon``, to deliver elsewhere),
+    or, in a nested scope, handed to the enclosing one (they go when it ends cleanly). If
     the block raises, or ``discard()`` was called, they are dropped with one debug log line
     (``"deferred events discarded"``, with ``count`` and ``reason``). Cancellation during
     delivery propagates after one warning naming the events not delivered.
@@ -81,11 +94,19 @@ async def deferred_events() -> AsyncIterator[DeferredBatch]:
         _discarded(batch, batch.discard_reason)
     elif outer is not None:
         outer.extend(batch.events)
+    elif deliver is not None:
+        deliver(batch.events)
     else:
-        await _deliver(batch.events)
+        await deliver_in_order(batch.events)
 
 
-async def _deliver(events: list[tuple[str, dict[str, Any]]]) -> None:
+async def deliver_in_order(events: Events, *, report_cancellation: bool = True) -> None:
+    """Emit queued events one after another (they were checked and recorded when queued).
+
+    An ``Exception`` from one emit is logged (``"deferred event failed"``) and the next goes
+    on; cancellation propagates, after one warning naming the events not delivered unless
+    ``report_cancellation`` is false (the caller reports it).
+    """
     token = _hooks.replaying.set(True)
     try:
         for index, (name, kwargs) in enumerate(events):
@@ -94,6 +115,8 @@ async def _deliver(events: list[tuple[str, dict[str, Any]]]) -> None:
             except Exception:
                 log.exception("deferred event failed", event_name=name)
             except BaseException:
+                if not report_cancellation:
+                    raise
                 log.warning(
                     "deferred events not delivered",
                     event_names=[n for n, _ in events[index:]],
@@ -130,20 +153,21 @@ class BackgroundEmitter:
     def __init__(self, *, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
         self.grace_period = grace_period
         self._group: anyio.abc.TaskGroup | None = None
-        self._pending: dict[int, str] = {}
+        self._pending: dict[int, list[str]] = {}
         self._ids = itertools.count()
-        self._drained: anyio.Event | None = None
+        self._idle: anyio.Event | None = None
 
     @property
     def pending(self) -> list[str]:
-        """Names of the events whose delivery has not finished, in emit order."""
-        return list(self._pending.values())
+        """Names of the events whose delivery has not finished, in the order given."""
+        return [name for names in self._pending.values() for name in names]
 
     async def __aenter__(self) -> BackgroundEmitter:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
-        self._drained = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
         return self
 
     def emit_soon(self, name: str, /, **kwargs: Any) -> None:
@@ -153,25 +177,48 @@ class BackgroundEmitter:
             EmitterClosedError: the emitter is not running.
             EventNameError, UnknownEventError, PayloadError: as ``emit``, at once.
         """
+        self._running(name)
+        catalogue.check_emit(name, kwargs)
+        self._start([(name, kwargs)])
+
+    def deliver_soon(self, events: Events) -> None:
+        """Deliver events already checked (a committed ``deferred_events`` batch), in order,
+        in one background task.
+
+        Raises:
+            EmitterClosedError: the emitter is not running.
+        """
+        if events:
+            self._running(events[0][0])
+            self._start(events)
+
+    async def join(self) -> None:
+        """Wait until every delivery started so far has finished."""
+        while self._pending and self._idle is not None:
+            await self._idle.wait()
+
+    def _running(self, name: str) -> None:
         if self._group is None:
             raise EmitterClosedError(
-                f"cannot emit_soon({name!r}): the background emitter is not running",
+                f"cannot deliver {name!r}: the background emitter is not running",
                 event_name=name,
             )
-        catalogue.check_emit(name, kwargs)
-        key = next(self._ids)
-        self._pending[key] = name
-        self._group.start_soon(self._deliver, key, name, kwargs, name=f"emit_soon {name}")
 
-    async def _deliver(self, key: int, name: str, kwargs: dict[str, Any]) -> None:
+    def _start(self, events: Events) -> None:
+        assert self._group is not None  # noqa: S101 - _running checked it
+        key = next(self._ids)
+        if not self._pending and self._idle is not None:
+            self._idle = anyio.Event()
+        self._pending[key] = [name for name, _ in events]
+        self._group.start_soon(self._deliver, key, events, name=f"deliver {events[0][0]}")
+
+    async def _deliver(self, key: int, events: Events) -> None:
         try:
-            await emit(name, **kwargs)
-        except Exception:
-            log.exception("background event failed", event_name=name)
+            await deliver_in_order(events, report_cancellation=False)  # __aexit__ reports it
         finally:
             del self._pending[key]
-            if not self._pending and self._group is None and self._drained is not None:
-                self._drained.set()
+            if not self._pending and self._idle is not None:
+                self._idle.set()
 
     async def __aexit__(
         self,
@@ -180,17 +227,17 @@ class BackgroundEmitter:
         traceback: TracebackType | None,
     ) -> bool | None:
         group, self._group = self._group, None
-        if group is None or self._drained is None:
+        if group is None:
             raise EmitterClosedError("BackgroundEmitter exited without being entered")
         try:
             if self._pending:
                 with anyio.move_on_after(self.grace_period, shield=True):
-                    await self._drained.wait()
+                    await self.join()
             if self._pending:
                 log.warning(
                     "background deliveries cancelled",
                     event_names=self.pending,
-                    count=len(self._pending),
+                    count=len(self.pending),
                     grace_period=self.grace_period,
                 )
                 group.cancel_scope.cancel()

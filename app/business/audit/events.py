@@ -6,7 +6,8 @@ from typing import Any
 
 import structlog
 
-from app.business.audit.trail import AuditEntry, trail
+from app import db
+from app.business.audit.trail import AuditEntry
 from app.utils import on
 
 log = structlog.get_logger(__name__)
@@ -16,10 +17,14 @@ log = structlog.get_logger(__name__)
 async def record_status_change(
     *, employee_id: int, from_state: str, to_state: str, actor_id: int, **_: Any
 ) -> None:
-    """Record a status change in the audit trail."""
-    trail.record(
-        AuditEntry(
-            employee_id=employee_id, from_state=from_state, to_state=to_state, actor_id=actor_id
+    """Record a status change in the audit trail, in a transaction of its own."""
+    async with db.transaction() as session:
+        session.add(
+            AuditEntry(
+                employee_id=employee_id,
+                from_state=from_state,
+                to_state=to_state,
+                actor_id=actor_id,
+            )
         )
-    )
     log.info("status change audited", employee_id=employee_id, to_state=to_state)

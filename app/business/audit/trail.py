@@ -1,32 +1,30 @@
-"""The audit trail (in memory; the reference service moves it to a database)."""
+"""The audit trail: every employee status change, in order."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-__all__ = ["AuditEntry", "AuditTrail", "trail"]
+from sqlalchemy import String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+__all__ = ["AuditEntry", "list_audit"]
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
+class AuditEntry(Base):
     """One recorded status change."""
 
-    employee_id: int
-    from_state: str
-    to_state: str
-    actor_id: int
+    __tablename__ = "audit_trail"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    employee_id: Mapped[int]
+    from_state: Mapped[str] = mapped_column(String(20))
+    to_state: Mapped[str] = mapped_column(String(20))
+    actor_id: Mapped[int]
 
 
-@dataclass(slots=True)
-class AuditTrail:
-    """Entries in the order they were recorded."""
-
-    entries: list[AuditEntry] = field(default_factory=list)
-
-    def record(self, entry: AuditEntry) -> None:
-        """Append ``entry``."""
-        self.entries.append(entry)
-
-
-trail = AuditTrail()
-"""The process's audit trail."""
+async def list_audit(session: AsyncSession) -> Sequence[AuditEntry]:
+    """Every entry, oldest first."""
+    return (await session.scalars(select(AuditEntry).order_by(AuditEntry.id))).all()

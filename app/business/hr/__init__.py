@@ -9,15 +9,14 @@ from app.business.hr.models import (
     EmployeeStatus,
     IllegalTransitionError,
 )
-from app.business.hr.services import change_status, create_employee
-from app.business.hr.store import EmployeeStore
+from app.business.hr.services import change_status, create_employee, get_employee
 
 __all__ = [
     "Employee",
     "EmployeeNotFoundError",
     "EmployeeStatus",
-    "EmployeeStore",
     "IllegalTransitionError",
     "change_status",
     "create_employee",
+    "get_employee",
 ]

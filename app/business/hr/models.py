@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -31,14 +35,15 @@ ALLOWED_TRANSITIONS: dict[EmployeeStatus, frozenset[EmployeeStatus]] = {
 }
 
 
-@dataclass(slots=True)
-class Employee:
+class Employee(Base):
     """One employee of one department."""
 
-    id: int
-    name: str
-    department_id: int
-    status: EmployeeStatus = EmployeeStatus.ONBOARDING
+    __tablename__ = "hr_employees"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    department_id: Mapped[int]
+    status: Mapped[str] = mapped_column(String(20), default=EmployeeStatus.ONBOARDING.value)
 
 
 class EmployeeNotFoundError(LookupError):

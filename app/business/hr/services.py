@@ -1,24 +1,30 @@
-"""HR use cases; each announces what it did through an event."""
+"""HR use cases; each runs in the caller's session and announces what it did with an event."""
 
 from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.business.hr.models import (
     ALLOWED_TRANSITIONS,
     Employee,
+    EmployeeNotFoundError,
     EmployeeStatus,
     IllegalTransitionError,
 )
-from app.business.hr.store import EmployeeStore
 from app.utils import emit
 
-__all__ = ["change_status", "create_employee"]
+__all__ = ["change_status", "create_employee", "get_employee"]
 
 
 async def create_employee(
-    store: EmployeeStore, *, name: str, department_id: int, created_by: int
+    session: AsyncSession, *, name: str, department_id: int, created_by: int
 ) -> Employee:
     """Create an employee in status ``onboarding`` and emit ``employee.created``."""
-    employee = store.add(name=name, department_id=department_id)
+    employee = Employee(
+        name=name, department_id=department_id, status=EmployeeStatus.ONBOARDING.value
+    )
+    session.add(employee)
+    await session.flush()
     await emit(
         "employee.created",
         employee_id=employee.id,
@@ -28,8 +34,20 @@ async def create_employee(
     return employee
 
 
+async def get_employee(session: AsyncSession, employee_id: int) -> Employee:
+    """Return the employee.
+
+    Raises:
+        EmployeeNotFoundError: no employee has this id.
+    """
+    employee = await session.get(Employee, employee_id)
+    if employee is None:
+        raise EmployeeNotFoundError(employee_id)
+    return employee
+
+
 async def change_status(
-    store: EmployeeStore, employee_id: int, *, to_state: EmployeeStatus, actor_id: int
+    session: AsyncSession, employee_id: int, *, to_state: EmployeeStatus, actor_id: int
 ) -> Employee:
     """Move an employee to ``to_state`` and emit ``employee.status_changed``.
 
@@ -37,11 +55,12 @@ async def change_status(
         EmployeeNotFoundError: no employee has this id.
         IllegalTransitionError: the state machine does not allow the move; nothing changes.
     """
-    employee = store.get(employee_id)
-    from_state = employee.status
+    employee = await get_employee(session, employee_id)
+    from_state = EmployeeStatus(employee.status)
     if to_state not in ALLOWED_TRANSITIONS[from_state]:
         raise IllegalTransitionError(from_state, to_state)
-    employee.status = to_state
+    employee.status = to_state.value
+    await session.flush()
     await emit(
         "employee.status_changed",
         employee_id=employee.id,

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from app.business.notify import events as events  # registers its handlers on import
-from app.business.notify.outbox import Mail, Outbox, outbox
+from app.business.notify.outbox import Mail, list_outbox
 
-__all__ = ["Mail", "Outbox", "outbox"]
+__all__ = ["Mail", "list_outbox"]

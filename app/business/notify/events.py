@@ -6,7 +6,8 @@ from typing import Any
 
 import structlog
 
-from app.business.notify.outbox import Mail, outbox
+from app import db
+from app.business.notify.outbox import Mail
 from app.utils import on
 
 log = structlog.get_logger(__name__)
@@ -14,12 +15,13 @@ log = structlog.get_logger(__name__)
 
 @on("employee.created")
 async def send_welcome_mail(*, employee_id: int, department_id: int, **_: Any) -> None:
-    """Queue the welcome mail of a new employee."""
-    outbox.queue(
-        Mail(
-            employee_id=employee_id,
-            subject="Welcome aboard",
-            body=f"Welcome to department {department_id}!",
+    """Queue the welcome mail of a new employee, in a transaction of its own."""
+    async with db.transaction() as session:
+        session.add(
+            Mail(
+                employee_id=employee_id,
+                subject="Welcome aboard",
+                body=f"Welcome to department {department_id}!",
+            )
         )
-    )
     log.info("welcome mail queued", employee_id=employee_id)

@@ -1,31 +1,29 @@
-"""Mail waiting to be sent (in memory; the reference service moves it to a database)."""
+"""Mail waiting to be sent: the outbox table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-__all__ = ["Mail", "Outbox", "outbox"]
+from sqlalchemy import String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
 
+from app.db import Base
 
-@dataclass(frozen=True, slots=True)
-class Mail:
-    """One mail to one employee."""
-
-    employee_id: int
-    subject: str
-    body: str
+__all__ = ["Mail", "list_outbox"]
 
 
-@dataclass(slots=True)
-class Outbox:
-    """Mails in the order they were queued."""
+class Mail(Base):
+    """One mail to one employee, in the order queued."""
 
-    mails: list[Mail] = field(default_factory=list)
+    __tablename__ = "notify_outbox"
 
-    def queue(self, mail: Mail) -> None:
-        """Append ``mail``."""
-        self.mails.append(mail)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    employee_id: Mapped[int]
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(String(2000))
 
 
-outbox = Outbox()
-"""The process's outbox."""
+async def list_outbox(session: AsyncSession) -> Sequence[Mail]:
+    """Every queued mail, oldest first."""
+    return (await session.scalars(select(Mail).order_by(Mail.id))).all()
