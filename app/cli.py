@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return _events(
             args.action, root=args.root, file=args.file or args.root.parent / "EVENTS.md"
         )
+    if args.command == "serve":
+        return _serve(host=args.host, port=args.port, json=args.json)
     return _demo(json=args.json)
 
 

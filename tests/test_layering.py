@@ -33,7 +33,7 @@ def test_the_reference_packages_exist():
 def test_business_packages_do_not_import_each_other(package):
     """A business package imports no other business package, nor the layers above it."""
     others = [f"app.business.{other}" for other in PACKAGES if other != package]
-    forbidden = [*others, "app.cli", "app.demo"]
+    forbidden = [*others, "app.cli", "app.demo", "app.main", "app.http_events", "app.testing"]
     for path in (BUSINESS / package).rglob("*.py"):
         for module in imported_modules(path):
             assert not any(module == f or module.startswith(f + ".") for f in forbidden), (
@@ -50,8 +50,21 @@ def test_business_packages_use_relative_imports_nowhere():
 
 
 def test_core_imports_nothing_above_it():
-    """``app.core`` imports no business package, CLI, demo, test plugin or pytest."""
-    above = ("app.business", "app.cli", "app.demo", "app.utils", "app.testing", "pytest")
+    """``app.core`` imports nothing above it, and no web, database or test framework."""
+    above = (
+        "app.business",
+        "app.cli",
+        "app.demo",
+        "app.utils",
+        "app.testing",
+        "app.db",
+        "app.main",
+        "app.http_events",
+        "pytest",
+        "fastapi",
+        "starlette",
+        "sqlalchemy",
+    )
     for path in (APP / "core").rglob("*.py"):
         for module in imported_modules(path):
             assert not module.startswith(above), f"{path.relative_to(APP.parent)} imports {module}"

@@ -16,7 +16,8 @@ def configure_logging(
 ) -> None:
     """Configure structlog for the process: console lines, or one JSON object per line.
 
-    Only entry points call this. Context variables bound with
+    Only entry points call this. Standard-library logging (uvicorn's, say) is routed to the
+    same output in the same format. Context variables bound with
     ``structlog.contextvars.bind_contextvars`` appear in every line; exceptions are rendered
     as a traceback (console) or a structured list of frames (JSON).
 
@@ -45,9 +46,21 @@ def configure_logging(
                 colors=False, exception_formatter=structlog.dev.plain_traceback
             )
         ]
+    output = stream or sys.stdout
     structlog.configure(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(output),
         cache_logger_on_first_use=False,
     )
+    # Libraries that log through the standard library (uvicorn) get the same lines.
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -20,6 +20,7 @@ from app.core.catalogue import suggest
 
 __all__ = [
     "REGISTRY_MODULES",
+    "REGISTRY_PACKAGE",
     "Declaration",
     "EmitSite",
     "HandlerSite",
@@ -32,6 +33,10 @@ __all__ = [
 
 REGISTRY_MODULES = frozenset({"app.utils", "app.core.events", "app.core.catalogue"})
 """Modules whose ``declare``, ``emit`` and ``on`` the scan recognises."""
+
+REGISTRY_PACKAGE = "app.core"
+"""Not scanned: the registry re-delivers queued events by variable name, events that were
+checked where they were first emitted."""
 
 _FUNCTIONS = frozenset({"declare", "emit", "on"})
 
@@ -117,6 +122,9 @@ def scan(root: Path, base: Path | None = None) -> Scan:
     result = Scan()
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(base)
+        module = _module_name(relative)
+        if module == REGISTRY_PACKAGE or module.startswith(REGISTRY_PACKAGE + "."):
+            continue
         site_path = relative.as_posix()
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=site_path)
@@ -124,7 +132,7 @@ def scan(root: Path, base: Path | None = None) -> Scan:
             line = getattr(exc, "lineno", None) or 1
             result.problems.append(Problem(Site(site_path, line), f"cannot parse: {exc}"))
             continue
-        _ModuleScanner(_module_name(relative), site_path, result).visit(tree)
+        _ModuleScanner(module, site_path, result).visit(tree)
     return result
 
 

@@ -1,0 +1,73 @@
+"""``python -m app serve``: the real server on a free loopback port, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_up(url: str, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{server.communicate()[0]}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("the server did not come up within 30 s")
+
+
+def test_the_real_server_serves_and_delivers(tmp_path):
+    """Create an employee over HTTP; the mail and the audit row follow; SIGINT stops it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in os.environ.items() if key != "APP_DATABASE_URL"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "--json", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_up(f"{base}/audit", server)
+        created = httpx.post(
+            f"{base}/employees", json={"name": "Ada", "department_id": 7, "created_by": 1}
+        )
+        assert created.status_code == 201
+        employee_id = created.json()["id"]
+        moved = httpx.post(
+            f"{base}/employees/{employee_id}/status", json={"to_state": "active", "actor_id": 1}
+        )
+        assert moved.status_code == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            outbox = httpx.get(f"{base}/outbox").json()
+            audit = httpx.get(f"{base}/audit").json()
+            if outbox and audit:
+                break
+            time.sleep(0.05)
+        assert [m["employee_id"] for m in outbox] == [employee_id]
+        assert [(a["from_state"], a["to_state"]) for a in audit] == [("onboarding", "active")]
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+    assert (tmp_path / "app.db").exists()
+    assert '"event": "welcome mail queued"' in output
+    assert '"request_id": ' in output

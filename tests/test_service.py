@@ -1,0 +1,247 @@
+"""The reference service end to end: its real HTTP interface over a real SQLite file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+import httpx
+import pytest
+import structlog
+from fastapi import FastAPI
+
+from app import db
+from app.business import notify
+from app.business.hr import services as hr_services
+from app.core.events import on
+from app.main import create_app
+
+# SQLAlchemy's async engine and uvicorn run on asyncio only. anyio's runner keeps a fixture's
+# set-up and tear-down in one task, which the lifespan's task group needs.
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    """The service runs on asyncio."""
+    return "asyncio"
+
+
+NEW_EMPLOYEE = {"name": "Ada Lovelace", "department_id": 7, "created_by": 1}
+
+
+@dataclass
+class Service:
+    app: FastAPI
+    client: httpx.AsyncClient
+
+    async def settle(self) -> None:
+        """Wait until every event delivery started so far has finished."""
+        with anyio.fail_after(5):
+            await self.app.state.emitter.join()
+
+
+def build(tmp_path, **options):
+    return create_app(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}", **options)
+
+
+def client_for(app):
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://service")
+
+
+@pytest.fixture
+async def service(tmp_path):
+    """The service, started (its lifespan entered) over a fresh database file."""
+    app = build(tmp_path, grace_period=2)
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        yield Service(app, client)
+
+
+@pytest.fixture
+def log_records(restore_structlog):
+    """Log records with the context variables merged in, as the service logs them."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    return capture.entries
+
+
+@pytest.fixture
+def failing_creations(monkeypatch):
+    """Make creating an employee whose name starts with "fail" raise after its emit."""
+    original = hr_services.create_employee
+
+    async def create_then_maybe_fail(session, **fields):
+        employee = await original(session, **fields)
+        if fields["name"].startswith("fail"):
+            raise RuntimeError("the request fails after emitting")
+        return employee
+
+    monkeypatch.setattr(hr_services, "create_employee", create_then_maybe_fail)
+
+
+async def test_the_happy_path_delivers_after_the_response(service):
+    """201 comes back while the handlers have not run; then the mail and audit rows appear."""
+    gate = anyio.Event()
+
+    @on("employee.created")
+    async def wait_for_the_test(**kwargs):
+        await gate.wait()
+
+    with anyio.fail_after(5):  # delivery before the response would hang here
+        response = await service.client.post("/employees", json=NEW_EMPLOYEE)
+    assert response.status_code == 201
+    employee = response.json()
+    assert employee == {"id": 1, "name": "Ada Lovelace", "department_id": 7, "status": "onboarding"}
+    assert len(response.headers["x-request-id"]) == 32
+    assert (await service.client.get("/outbox")).json() == []  # not delivered yet
+    gate.set()
+    await service.settle()
+
+    assert (await service.client.get("/outbox")).json() == [
+        {"id": 1, "employee_id": 1, "subject": "Welcome aboard", "body": "Welcome to department 7!"}
+    ]
+    moved = await service.client.post(
+        "/employees/1/status", json={"to_state": "active", "actor_id": 2}
+    )
+    assert moved.status_code == 200
+    assert moved.json()["status"] == "active"
+    await service.settle()
+    assert (await service.client.get("/audit")).json() == [
+        {"id": 1, "employee_id": 1, "from_state": "onboarding", "to_state": "active", "actor_id": 2}
+    ]
+    assert (await service.client.get("/employees/1")).json()["status"] == "active"
+
+
+async def test_a_rolled_back_request_delivers_nothing(service, failing_creations, events_recorder):
+    """The request emitted, then failed: 500, no employee, no mail, nothing delivered."""
+    response = await service.client.post("/employees", json={**NEW_EMPLOYEE, "name": "fail"})
+    assert response.status_code == 500
+    await service.settle()
+    events_recorder.assert_emitted_once("employee.created")  # emitted and checked...
+    assert service.app.state.emitter.pending == []
+    assert (await service.client.get("/outbox")).json() == []  # ...but never delivered
+    assert (await service.client.get("/employees/1")).status_code == 404
+
+
+async def test_client_errors_deliver_nothing_and_name_the_problem(service):
+    """422 names the field, 404 the id, 409 the states; no handler runs for any of them."""
+    invalid = await service.client.post("/employees", json={**NEW_EMPLOYEE, "department_id": 0})
+    assert invalid.status_code == 422
+    assert invalid.json()["detail"][0]["loc"] == ["body", "department_id"]
+    missing = await service.client.post(
+        "/employees/5/status", json={"to_state": "active", "actor_id": 1}
+    )
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "no employee with id 5"}
+
+    await service.client.post("/employees", json=NEW_EMPLOYEE)
+    conflict = await service.client.post(
+        "/employees/1/status", json={"to_state": "on_leave", "actor_id": 1}
+    )
+    assert conflict.status_code == 409
+    assert conflict.json() == {
+        "detail": "cannot move an employee from onboarding to on_leave; allowed from "
+        "onboarding: active, terminated",
+        "current": "onboarding",
+        "requested": "on_leave",
+    }
+    await service.settle()
+    assert (await service.client.get("/audit")).json() == []
+
+
+async def test_a_failing_handler_changes_nothing_for_the_request(
+    service, log_records, expect_handler_failure
+):
+    """201 as usual, the other handler's mail is written, the failure is logged with the
+    request's id."""
+
+    @on("employee.created")
+    async def broken(**kwargs):
+        raise ValueError("dashboard down")
+
+    with expect_handler_failure("employee.created", ValueError):
+        response = await service.client.post("/employees", json=NEW_EMPLOYEE)
+        await service.settle()
+    assert response.status_code == 201
+    assert len((await service.client.get("/outbox")).json()) == 1
+    (failure,) = [r for r in log_records if r["event"] == "event handler failed"]
+    assert failure["request_id"] == response.headers["x-request-id"]
+    assert failure["event_name"] == "employee.created"
+    assert failure["handler"].endswith(".broken")
+
+
+async def test_an_incoming_request_id_is_kept(service):
+    """A sane X-Request-ID from the client is echoed back; an unsafe one is replaced."""
+    kept = await service.client.get("/audit", headers={"x-request-id": "req-42"})
+    assert kept.headers["x-request-id"] == "req-42"
+    replaced = await service.client.get("/audit", headers={"x-request-id": "a b\\c"})
+    assert replaced.headers["x-request-id"] != "a b\\c"
+
+
+async def test_concurrent_requests_keep_their_events_apart(service, failing_creations):
+    """Each request's events follow its own outcome, however the requests interleave."""
+
+    async def create(name, results):
+        response = await service.client.post("/employees", json={**NEW_EMPLOYEE, "name": name})
+        results.append(response)
+
+    results: list[httpx.Response] = []
+    async with anyio.create_task_group() as group:
+        for index in range(12):
+            group.start_soon(create, f"{'fail' if index % 3 == 0 else 'ok'}-{index}", results)
+    await service.settle()
+    created = sorted(r.json()["id"] for r in results if r.status_code == 201)
+    assert len(created) == 8
+    assert sorted(r.status_code for r in results).count(500) == 4
+    mails = (await service.client.get("/outbox")).json()
+    assert sorted(m["employee_id"] for m in mails) == created
+
+
+async def test_shutdown_waits_for_pending_deliveries(tmp_path):
+    """Leaving the lifespan right after a request still delivers its events."""
+    app = build(tmp_path, grace_period=5)
+
+    @on("employee.created")
+    async def slow(**kwargs):
+        await anyio.sleep(0.2)
+
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        assert (await client.post("/employees", json=NEW_EMPLOYEE)).status_code == 201
+        assert app.state.emitter.pending == ["employee.created"]
+    await db.open_database(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
+    try:
+        async with db.transaction() as session:
+            assert len(await notify.list_outbox(session)) == 1
+    finally:
+        await db.close_database()
+
+
+async def test_shutdown_past_the_grace_period_logs_what_it_cancels(tmp_path, logs):
+    """A delivery still running after the grace period is cancelled with a warning naming it."""
+    app = build(tmp_path, grace_period=0.1)
+
+    @on("employee.created")
+    async def stuck(**kwargs):
+        await anyio.sleep(30)
+
+    with anyio.fail_after(5):
+        async with app.router.lifespan_context(app), client_for(app) as client:
+            assert (await client.post("/employees", json=NEW_EMPLOYEE)).status_code == 201
+    (warning,) = [r for r in logs if r["event"] == "background deliveries cancelled"]
+    assert warning["event_names"] == ["employee.created"]
+    assert warning["log_level"] == "warning"
+
+
+async def test_start_up_fails_fast_when_the_catalogue_does_not_hold(tmp_path):
+    """A handler of an undeclared event stops the lifespan with the catalogue report."""
+    from app.core.events import CatalogueError
+
+    @on("employee.craeted")
+    async def typo(**kwargs):
+        return None
+
+    app = build(tmp_path)
+    with pytest.raises(CatalogueError, match=r"did you mean 'employee\.created'"):
+        async with app.router.lifespan_context(app):
+            pass
