@@ -71,3 +71,4 @@ def test_the_real_server_serves_and_delivers(tmp_path):
     assert (tmp_path / "app.db").exists()
     assert '"event": "welcome mail queued"' in output
     assert '"request_id": ' in output
+    assert "Application shutdown complete." in output  # the lifespan ran its shutdown

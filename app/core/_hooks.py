@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from types import FrameType
 from typing import Any, Protocol
 
-__all__ = ["EmitHook", "deferral", "installed", "open_scopes", "replaying", "scope_opened"]
+__all__ = ["EmitHook", "count_scope", "deferral", "installed", "open_scopes", "replaying"]
 
 
 class EmitHook(Protocol):
@@ -45,7 +45,7 @@ open_scopes = 0
 _scopes_lock = threading.Lock()
 
 
-def scope_opened(change: int) -> bool:
+def count_scope(change: int) -> bool:
     """Count a scope opening (+1) or closing (-1); return whether the count crossed zero."""
     global open_scopes
     with _scopes_lock:

@@ -79,7 +79,7 @@ async def deferred_events(
     outer = _hooks.deferral.get()
     batch = DeferredBatch()
     token = _hooks.deferral.set(batch.events)
-    if _hooks.scope_opened(+1):
+    if _hooks.count_scope(+1):
         catalogue.refresh_fast_paths()
     try:
         yield batch
@@ -88,7 +88,7 @@ async def deferred_events(
         raise
     finally:
         _hooks.deferral.reset(token)
-        if _hooks.scope_opened(-1):
+        if _hooks.count_scope(-1):
             catalogue.refresh_fast_paths()
     if batch.discard_reason is not None:
         _discarded(batch, batch.discard_reason)
@@ -177,9 +177,9 @@ class BackgroundEmitter:
             EmitterClosedError: the emitter is not running.
             EventNameError, UnknownEventError, PayloadError: as ``emit``, at once.
         """
-        self._running(name)
+        group = self._running(name)
         catalogue.check_emit(name, kwargs)
-        self._start([(name, kwargs)])
+        self._start(group, [(name, kwargs)])
 
     def deliver_soon(self, events: Events) -> None:
         """Deliver events already checked (a committed ``deferred_events`` batch), in order,
@@ -189,28 +189,27 @@ class BackgroundEmitter:
             EmitterClosedError: the emitter is not running.
         """
         if events:
-            self._running(events[0][0])
-            self._start(events)
+            self._start(self._running(events[0][0]), events)
 
     async def join(self) -> None:
         """Wait until every delivery started so far has finished."""
         while self._pending and self._idle is not None:
             await self._idle.wait()
 
-    def _running(self, name: str) -> None:
+    def _running(self, name: str) -> anyio.abc.TaskGroup:
         if self._group is None:
             raise EmitterClosedError(
                 f"cannot deliver {name!r}: the background emitter is not running",
                 event_name=name,
             )
+        return self._group
 
-    def _start(self, events: Events) -> None:
-        assert self._group is not None  # noqa: S101 - _running checked it
+    def _start(self, group: anyio.abc.TaskGroup, events: Events) -> None:
         key = next(self._ids)
         if not self._pending and self._idle is not None:
             self._idle = anyio.Event()
         self._pending[key] = [name for name, _ in events]
-        self._group.start_soon(self._deliver, key, events, name=f"deliver {events[0][0]}")
+        group.start_soon(self._deliver, key, events, name=f"deliver {events[0][0]}")
 
     async def _deliver(self, key: int, events: Events) -> None:
         try:

@@ -8,7 +8,9 @@ Semantics in one place:
   ``event_name``, ``handler`` and the exception attached) and the next handler runs; ``emit``
   never re-raises it. Cancellation and every other ``BaseException`` propagate at once.
 * Names, handlers and options are checked eagerly: at import time for ``@on``, before any
-  handler runs for ``emit``.
+  handler runs for ``emit``, which also checks the name and payload against the catalogue.
+* Deferral scopes, payload type checks and the test plugin's hook act only on emit's slow
+  path, which is forced while any of them is on; otherwise emit pays nothing for them.
 
 The whole registry is one module-level global, ``_handlers``, read by its name at call time, so
 a test can swap it::
@@ -241,6 +243,8 @@ async def emit(name: str, /, **kwargs: Any) -> None:
     failed"`` with ``event_name``, ``handler`` and the exception; the payload is not logged and
     the next handler runs. Any other ``BaseException`` (cancellation, ``KeyboardInterrupt``)
     propagates at once and later handlers do not run. A name without handlers is a no-op.
+    Inside a ``deferred_events()`` scope (``app.core.deferred``) the checks happen here and
+    the delivery is queued until the scope ends cleanly.
 
     Every check happens before any handler runs.
 
