@@ -40,6 +40,22 @@ async def test_events_wait_for_a_clean_exit_then_arrive_in_order(delivered):
     assert delivered == [("placed", 1), ("shipped", 1), ("placed", 2)]
 
 
+async def test_emits_made_during_delivery_are_recorded_under_their_cause(registry, events_recorder):
+    """A handler's emit during deferred delivery is recorded once, with the queued event as
+    its parent; the queued event itself is recorded once, when it was emitted."""
+
+    async def ship(**kwargs):
+        await emit("order.shipped", order_id=kwargs["order_id"])
+
+    on("order.placed")(ship)
+    async with deferred_events():
+        await emit("order.placed", order_id=1)
+    assert events_recorder.names() == ["order.placed", "order.shipped"]
+    placed, shipped = events_recorder.emits
+    assert shipped.parent is placed
+    assert placed.parent is None
+
+
 async def test_checks_still_happen_at_emit(delivered):
     """A bad name or payload raises at the emit inside the scope, not at delivery."""
     async with deferred_events():

@@ -23,6 +23,10 @@ class EmitHook(Protocol):
         """Called by an emit whose payload checked out, before delivery, with the emit's own
         frame; return False to mute it (no handler runs)."""
 
+    def replayed(self, kwargs: Mapping[str, Any], frame: FrameType) -> None:
+        """Called by the emit that delivers a queued event (``kwargs`` is the very mapping
+        first passed to ``emitted``), with that emit's own frame."""
+
     def handler_failed(self, name: str, handler: str, error: Exception) -> None:
         """Called after ``emit`` logged a handler's failure."""
 
@@ -36,8 +40,12 @@ deferral: ContextVar[list[tuple[str, dict[str, Any]]] | None] = ContextVar(
 )
 """The queue of the innermost open deferral scope of this context, or None."""
 
-replaying: ContextVar[bool] = ContextVar("app.core.events.replaying", default=False)
-"""True while a scope delivers what it queued: those emits were recorded when first made."""
+replaying: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "app.core.events.replaying", default=None
+)
+"""The payload a scope is replaying (the mapping first queued, which emit cannot see: ``**``
+makes a new one), from the replay until that emit starts: it was checked and recorded when
+first made. The replaying emit clears it, so the emits of its handlers count as new."""
 
 open_scopes = 0
 """How many deferral scopes are open in the process."""

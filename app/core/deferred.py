@@ -107,24 +107,22 @@ async def deliver_in_order(events: Events, *, report_cancellation: bool = True) 
     on; cancellation propagates, after one warning naming the events not delivered unless
     ``report_cancellation`` is false (the caller reports it).
     """
-    token = _hooks.replaying.set(True)
-    try:
-        for index, (name, kwargs) in enumerate(events):
-            try:
-                await emit(name, **kwargs)
-            except Exception:
-                log.exception("deferred event failed", event_name=name)
-            except BaseException:
-                if not report_cancellation:
-                    raise
+    for index, (name, kwargs) in enumerate(events):
+        token = _hooks.replaying.set(kwargs)
+        try:
+            await emit(name, **kwargs)
+        except Exception:
+            log.exception("deferred event failed", event_name=name)
+        except BaseException:
+            if report_cancellation:
                 log.warning(
                     "deferred events not delivered",
                     event_names=[n for n, _ in events[index:]],
                     count=len(events) - index,
                 )
-                raise
-    finally:
-        _hooks.replaying.reset(token)
+            raise
+        finally:
+            _hooks.replaying.reset(token)
 
 
 def _discarded(batch: DeferredBatch, reason: str) -> None:

@@ -291,7 +291,12 @@ def _deliver_now(name: str, kwargs: dict[str, Any], frame: FrameType) -> bool:
     scope; return whether to deliver now."""
     deliver = True
     hook = _hooks.installed
-    if hook is not None and not _hooks.replaying.get():
+    replayed = _hooks.replaying.get()
+    if replayed is not None:
+        _hooks.replaying.set(None)  # the replayer resets it; emits of our handlers are new
+        if hook is not None:
+            hook.replayed(replayed, frame)
+    elif hook is not None:
         deliver = hook.emitted(name, kwargs, frame)
     queue = _hooks.deferral.get()
     if queue is None:

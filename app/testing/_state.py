@@ -73,6 +73,8 @@ class EventRecorder:
     def __init__(self) -> None:
         self.emits: list[RecordedEmit] = []
         self._by_frame: dict[FrameType, RecordedEmit] = {}
+        # A queued event's payload mapping -> its record, to link its replay (kept alive here).
+        self._by_payload: dict[int, tuple[Mapping[str, Any], RecordedEmit]] = {}
 
     def record(self, name: str, kwargs: Mapping[str, Any], frame: FrameType, muted: bool) -> None:
         """Record an emit; ``frame`` is the emit's own, to find the enclosing emit's."""
@@ -88,6 +90,13 @@ class EventRecorder:
         )
         self.emits.append(recorded)
         self._by_frame[frame] = recorded
+        self._by_payload[id(kwargs)] = (kwargs, recorded)
+
+    def replay(self, kwargs: Mapping[str, Any], frame: FrameType) -> None:
+        """Link the emit that delivers a queued event to that event's record."""
+        found = self._by_payload.get(id(kwargs))
+        if found is not None and found[0] is kwargs:
+            self._by_frame[frame] = found[1]
 
     def names(self) -> list[str]:
         """The names emitted, in order."""
@@ -135,6 +144,7 @@ class EventRecorder:
         """Forget what was recorded so far."""
         self.emits.clear()
         self._by_frame.clear()
+        self._by_payload.clear()
 
     def _check_name(self, name: str) -> None:
         problem = name_problem(name) if isinstance(name, str) else "it is not a str"
@@ -170,6 +180,10 @@ class TestEvents:
         muted = any(_mute_matches(pattern, name) for pattern in self.mutes)
         self.recorder.record(name, kwargs, frame, muted)
         return not muted
+
+    def replayed(self, kwargs: Mapping[str, Any], frame: FrameType) -> None:
+        """The core's hook: a queued event is being delivered."""
+        self.recorder.replay(kwargs, frame)
 
     def handler_failed(self, name: str, handler: str, error: Exception) -> None:
         """The core's hook: keep the failure for the end of the test."""
