@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -35,7 +35,9 @@ __all__ = [
     "check_payload_types",
     "declare",
     "declared",
+    "did_you_mean",
     "install_hook",
+    "parameter_problems",
     "payload_types_checked",
     "refresh_fast_paths",
     "suggest",
@@ -250,13 +252,47 @@ def unknown_event_error(name: object) -> EventsError:
         return error
     name = cast(str, name)  # name_error returned an error for anything else
     suggestions = suggest(name)
-    hint = f"; did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
+    hint = _hint(suggestions)
     return UnknownEventError(
-        f"event {name!r} is not declared{hint} Declare it with "
+        f"event {name!r} is not declared{'; ' + hint if hint else ''} Declare it with "
         "app.core.events.declare() in the events module of the package that emits it",
         event_name=name,
         suggestions=suggestions,
     )
+
+
+def did_you_mean(name: str, names: list[str] | None = None) -> str:
+    """``"did you mean 'a' or 'b'?"`` for the declared names (or ``names``) closest to
+    ``name``, or ``""`` when none is close."""
+    return _hint(suggest(name, names))
+
+
+def _hint(suggestions: list[str]) -> str:
+    return f"did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
+
+
+def parameter_problems(
+    event: str, parameters: Mapping[str, bool], payload: Iterable[str], optional: Iterable[str]
+) -> list[str]:
+    """What is wrong with a handler of ``event`` whose keyword-fillable parameters are
+    ``parameters`` (name -> whether it has a default): each one that is not a field (the
+    payload arrives as keyword arguments, so it would never be filled), and each one without a
+    default for a field that is only optional. Shared by ``verify`` and the static scan."""
+    optional = list(optional)
+    fields = [*payload, *optional]
+    problems = []
+    for parameter, has_default in parameters.items():
+        if parameter not in fields:
+            problems.append(
+                f"takes {parameter!r}, which is not a field of {event!r} "
+                f"(fields: {', '.join(fields) or 'none'})"
+            )
+        elif parameter in optional and not has_default:
+            problems.append(
+                f"requires {parameter!r}, which is optional in {event!r}; "
+                "give the parameter a default"
+            )
+    return problems
 
 
 def suggest(name: str, names: list[str] | None = None) -> list[str]:

@@ -324,15 +324,17 @@ def verify() -> None:
             handler = _unwrap(entry)
             where = f"{_describe(handler)}{_location(handler)}"
             if declaration is None:
-                suggestions = catalogue.suggest(name)
-                hint = (
-                    f" (did you mean {' or '.join(map(repr, suggestions))}?)" if suggestions else ""
+                hint = catalogue.did_you_mean(name)
+                problems.append(
+                    f"{where} handles {name!r}, which is not declared{f' ({hint})' if hint else ''}"
                 )
-                problems.append(f"{where} handles {name!r}, which is not declared{hint}")
             else:
+                spec = declaration.spec
                 problems.extend(
                     f"{where} {problem}"
-                    for problem in _parameter_problems(handler, declaration.spec)
+                    for problem in catalogue.parameter_problems(
+                        name, _keyword_parameters(handler), spec.payload, spec.optional
+                    )
                 )
     if problems:
         listed = "\n".join(f"- {problem}" for problem in problems)
@@ -342,27 +344,17 @@ def verify() -> None:
         )
 
 
-def _parameter_problems(handler: Callable[..., Any], spec: EventSpec) -> list[str]:
+def _keyword_parameters(handler: Callable[..., Any]) -> dict[str, bool]:
+    """The parameters a keyword argument can fill, each with whether it has a default."""
     try:
         parameters = inspect.signature(handler).parameters.values()
     except (TypeError, ValueError):
-        return []
-    fields = spec.fields
-    problems = []
-    for parameter in parameters:
-        if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-            continue
-        if parameter.name not in fields:
-            problems.append(
-                f"takes {parameter.name!r}, which is not a field of {spec.name!r} "
-                f"(fields: {', '.join(fields) or 'none'})"
-            )
-        elif parameter.name in spec.optional and parameter.default is parameter.empty:
-            problems.append(
-                f"requires {parameter.name!r}, which is optional in {spec.name!r}; "
-                "give the parameter a default"
-            )
-    return problems
+        return {}
+    return {
+        p.name: p.default is not p.empty
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def _location(handler: Callable[..., Any]) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core._names import name_problem
-from app.core.catalogue import suggest
+from app.core.catalogue import did_you_mean, parameter_problems
 
 __all__ = [
     "REGISTRY_MODULES",
@@ -203,20 +203,10 @@ def _handler_problems(
     if isinstance(declaration, Problem):
         yield declaration
         return
-    fields = [*declaration.payload, *declaration.optional]
-    for parameter, has_default in (handler.parameters or {}).items():
-        if parameter not in fields:
-            yield Problem(
-                site,
-                f"handler {handler.label} takes {parameter!r}, which is not a field of "
-                f"{name!r} (fields: {', '.join(fields) or 'none'})",
-            )
-        elif parameter in declaration.optional and not has_default:
-            yield Problem(
-                site,
-                f"handler {handler.label} requires {parameter!r}, which is optional in "
-                f"{name!r}; give the parameter a default",
-            )
+    for problem in parameter_problems(
+        name, handler.parameters or {}, declaration.payload, declaration.optional
+    ):
+        yield Problem(site, f"handler {handler.label} {problem}")
 
 
 def _declaration_of(
@@ -228,9 +218,8 @@ def _declaration_of(
     declaration = declared.get(name)
     if declaration is not None:
         return declaration
-    suggestions = suggest(name, names)
-    hint = f" (did you mean {' or '.join(map(repr, suggestions))}?)" if suggestions else ""
-    return Problem(site, f"{what} {name!r}, which is not declared{hint}")
+    hint = did_you_mean(name, names)
+    return Problem(site, f"{what} {name!r}, which is not declared{f' ({hint})' if hint else ''}")
 
 
 def _module_name(relative: Path) -> str:

@@ -152,9 +152,10 @@ class EventRecorder:
             raise AssertionError(f"cannot look for {name!r}: {problem}")
         if name in catalogue.declared():
             return
-        suggestions = catalogue.suggest(name)
-        hint = f"; did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
-        raise AssertionError(f"cannot look for {name!r}: it is not a declared event{hint}")
+        hint = catalogue.did_you_mean(name)
+        raise AssertionError(
+            f"cannot look for {name!r}: it is not a declared event{'; ' + hint if hint else ''}"
+        )
 
     def _report(self, expectation: str) -> str:
         if not self.emits:
