@@ -18,7 +18,7 @@ import pytest
 
 from app.core import catalogue, events
 from app.core.events import CatalogueError, verify
-from app.testing._state import EventRecorder, HandlerFailure, TestEvents, check_mute_pattern
+from app.testing._state import EventRecorder, HandlerFailure, TestEvents
 
 __all__ = [
     "events_isolated",
@@ -168,9 +168,7 @@ def _start_test(item: pytest.Item) -> TestEvents:
     if item.get_closest_marker("events_lenient") is not None:
         state.strict = False
     for marker in item.iter_markers("events_mute"):
-        for pattern in marker.args:
-            check_mute_pattern(pattern)
-        state.mutes.extend(marker.args or ["*"])
+        state.mute(*marker.args)
     for marker in item.iter_markers("events_expect_failure"):
         state.expected.append(_expectation(marker))
     item.stash[_STATE] = state
