@@ -8,7 +8,7 @@ neither is in use, emit pays nothing for them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from types import FrameType
 from typing import Any, Protocol
@@ -53,10 +53,13 @@ open_scopes = 0
 _scopes_lock = threading.Lock()
 
 
-def count_scope(change: int) -> bool:
-    """Count a scope opening (+1) or closing (-1); return whether the count crossed zero."""
+def count_scope(change: int, on_crossing: Callable[[], None]) -> None:
+    """Count a scope opening (+1) or closing (-1); when the count crosses zero, call
+    ``on_crossing`` under the same lock, so that two threads cannot leave the fast paths
+    computed for a count that is no longer true."""
     global open_scopes
     with _scopes_lock:
         before = open_scopes
         open_scopes += change
-        return (before == 0) != (open_scopes == 0)
+        if (before == 0) != (open_scopes == 0):
+            on_crossing()

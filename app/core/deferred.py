@@ -79,8 +79,7 @@ async def deferred_events(
     outer = _hooks.deferral.get()
     batch = DeferredBatch()
     token = _hooks.deferral.set(batch.events)
-    if _hooks.count_scope(+1):
-        catalogue.refresh_fast_paths()
+    _hooks.count_scope(+1, catalogue.refresh_fast_paths)
     try:
         yield batch
     except BaseException as error:
@@ -88,8 +87,7 @@ async def deferred_events(
         raise
     finally:
         _hooks.deferral.reset(token)
-        if _hooks.count_scope(-1):
-            catalogue.refresh_fast_paths()
+        _hooks.count_scope(-1, catalogue.refresh_fast_paths)
     if batch.discard_reason is not None:
         _discarded(batch, batch.discard_reason)
     elif outer is not None:
