@@ -40,7 +40,16 @@ def test_the_demo_logs_json_lines():
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     (failure,) = [r for r in records if r["event"] == "event handler failed"]
-    assert set(failure) == {"event", "event_name", "handler", "level", "timestamp", "exception"}
+    assert set(failure) == {
+        "event",
+        "event_name",
+        "event_id",
+        "correlation_id",
+        "handler",
+        "level",
+        "timestamp",
+        "exception",
+    }
     assert failure["event_name"] == "employee.created"
     assert failure["handler"] == "app.demo.refresh_headcount_dashboard"
     assert failure["level"] == "error"

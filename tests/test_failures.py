@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import uuid
 
 import pytest
 import structlog
@@ -25,7 +26,8 @@ def label(function):
 
 
 async def test_a_failing_handler_is_logged_once_and_the_next_runs(registry, logs):
-    """The failure is one error record with name, handler and exception; no payload."""
+    """The failure is one error record with the event, its ids, the handler and the exception;
+    no payload."""
     error = ValueError("boom")
     ran = []
 
@@ -40,15 +42,18 @@ async def test_a_failing_handler_is_logged_once_and_the_next_runs(registry, logs
     await emit("employee.created", employee_id=1, ssn="078-05-1120")
 
     assert ran == [{"employee_id": 1, "ssn": "078-05-1120"}]
-    assert logs == [
-        {
-            "event": "event handler failed",
-            "log_level": "error",
-            "event_name": "employee.created",
-            "handler": label(failing),
-            "exc_info": error,
-        }
-    ]
+    (record,) = logs
+    event_id = record["event_id"]
+    assert uuid.UUID(event_id).version == 7
+    assert record == {
+        "event": "event handler failed",
+        "log_level": "error",
+        "event_name": "employee.created",
+        "event_id": event_id,
+        "correlation_id": event_id,  # a root emit with no caller id starts its own chain
+        "handler": label(failing),
+        "exc_info": error,
+    }
 
 
 @pytest.mark.parametrize(

@@ -371,7 +371,7 @@ def test_fixtures_and_markers_are_listed(project):
     fixtures.stdout.fnmatch_lines_random(
         [
             "events_isolated -- *",
-            "*Undo every registration and declaration made by or during the test (autouse).",
+            "*Undo every registration, declaration and tracing setting made by or during the test",
             "events_recorder -- *",
             "events_mute -- *",
             "expect_handler_failure -- *",

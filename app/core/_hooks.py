@@ -1,8 +1,9 @@
-"""What ``emit`` consults on its slow path only: the test plugin's hook and deferral scopes.
+"""What ``emit`` consults on its slow path only: the test plugin's hook, deferral scopes and
+traced delivery.
 
-While a hook is installed or a deferral scope is open anywhere, every declaration's fast path
-is off (see ``catalogue._fast_size``), so ``emit`` takes its slow path and looks here; when
-neither is in use, emit pays nothing for them.
+While a hook is installed, a deferral scope is open anywhere or tracing is on, every
+declaration's fast path is off (see ``catalogue._fast_size``), so ``emit`` takes its slow path
+and looks here; when none is in use, emit pays nothing for them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,21 @@ import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["EmitHook", "count_scope", "deferral", "installed", "open_scopes", "replaying"]
+if TYPE_CHECKING:
+    from app.core.tracing import TracingSettings
+
+__all__ = [
+    "EmitHook",
+    "count_scope",
+    "deferral",
+    "installed",
+    "open_scopes",
+    "replaying",
+    "set_traced",
+    "traced",
+]
 
 
 class EmitHook(Protocol):
@@ -50,6 +63,9 @@ first made. The replaying emit clears it, so the emits of its handlers count as 
 open_scopes = 0
 """How many deferral scopes are open in the process."""
 
+traced: TracingSettings | None = None
+"""The tracing settings while emits are traced as they start (see ``app.core.tracing``)."""
+
 _scopes_lock = threading.Lock()
 
 
@@ -63,3 +79,12 @@ def count_scope(change: int, on_crossing: Callable[[], None]) -> None:
         open_scopes += change
         if (before == 0) != (open_scopes == 0):
             on_crossing()
+
+
+def set_traced(settings: TracingSettings | None, refresh: Callable[[], None]) -> None:
+    """Turn traced delivery on (settings) or off (None), then call ``refresh`` under the lock
+    that ``count_scope`` takes, for the same reason."""
+    global traced
+    with _scopes_lock:
+        traced = settings
+        refresh()

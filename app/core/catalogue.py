@@ -89,9 +89,14 @@ class _Entry:
 def _fast_size(required: frozenset[str]) -> int:
     """How many keys a payload has when ``emit`` may skip ``check_payload``: exactly the
     required ones (a payload that size, all of whose keys are required, holds them all).
-    -1 while type checks, a test hook or a deferral scope are on: every emit then takes the
-    slow path."""
-    if _type_checks or _hooks.installed is not None or _hooks.open_scopes:
+    -1 while type checks, a test hook, a deferral scope or traced delivery are on: every emit
+    then takes the slow path."""
+    if (
+        _type_checks
+        or _hooks.installed is not None
+        or _hooks.open_scopes
+        or _hooks.traced is not None
+    ):
         return -1
     return len(required)
 

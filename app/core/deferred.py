@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final
@@ -16,9 +17,10 @@ from typing import Any, Final
 import anyio
 import structlog
 
-from app.core import _hooks, catalogue
+from app.core import _hooks, catalogue, tracing
 from app.core._errors import EventsError
-from app.core.events import emit
+from app.core.events import _trace_here, emit
+from app.core.tracing import Trace
 
 __all__ = [
     "BackgroundEmitter",
@@ -143,7 +145,8 @@ class BackgroundEmitter:
 
     On exit it stops accepting, waits up to ``grace_period`` seconds for pending deliveries,
     then cancels the rest with one warning (``"background deliveries cancelled"``, naming each
-    event). Nothing is dropped without a log line.
+    event). Nothing is dropped without a log line. Events started from inside a handler are
+    delivered as caused by that handler's event (see ``app.core.tracing``).
     """
 
     def __init__(self, *, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
@@ -205,12 +208,15 @@ class BackgroundEmitter:
         if not self._pending and self._idle is not None:
             self._idle = anyio.Event()
         self._pending[key] = [name for name, _ in events]
-        group.start_soon(self._deliver, key, events, name=f"deliver {events[0][0]}")
+        cause = _trace_here(sys._getframe(2))  # the caller of emit/deliver_soon
+        group.start_soon(self._deliver, key, events, cause, name=f"deliver {events[0][0]}")
 
-    async def _deliver(self, key: int, events: Events) -> None:
+    async def _deliver(self, key: int, events: Events, cause: Trace | None) -> None:
+        token = tracing.cause.set(cause)
         try:
             await deliver_in_order(events, report_cancellation=False)  # __aexit__ reports it
         finally:
+            tracing.cause.reset(token)
             del self._pending[key]
             if not self._pending and self._idle is not None:
                 self._idle.set()

@@ -9,8 +9,11 @@ Semantics in one place:
   never re-raises it. Cancellation and every other ``BaseException`` propagate at once.
 * Names, handlers and options are checked eagerly: at import time for ``@on``, before any
   handler runs for ``emit``, which also checks the name and payload against the catalogue.
-* Deferral scopes, payload type checks and the test plugin's hook act only on emit's slow
-  path, which is forced while any of them is on; otherwise emit pays nothing for them.
+* Deferral scopes, payload type checks, traced delivery and the test plugin's hook act only
+  on emit's slow path, which is forced while any of them is on; otherwise emit pays nothing
+  for them.
+* Inside a handler, ``current_event()`` tells which event, chain and handler are running
+  (see ``app.core.tracing``); by default that identity is made only when first asked for.
 
 The whole registry is one module-level global, ``_handlers``, read by its name at call time, so
 a test can swap it::
@@ -21,11 +24,13 @@ a test can swap it::
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import inspect
 import math
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -36,7 +41,7 @@ from typing import Any, Final, TypeVar
 import anyio
 import structlog
 
-from app.core import _hooks, catalogue
+from app.core import _hooks, catalogue, tracing
 from app.core._errors import (
     CatalogueError,
     EventNameError,
@@ -52,11 +57,13 @@ from app.core._errors import (
 )
 from app.core._names import MAX_NAME_LENGTH, check_name
 from app.core.catalogue import EventSpec, declare
+from app.core.tracing import EventContext
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_NAME_LENGTH",
     "CatalogueError",
+    "EventContext",
     "EventNameError",
     "EventNameTypeError",
     "EventRecursionError",
@@ -68,6 +75,7 @@ __all__ = [
     "InvalidOptionError",
     "PayloadError",
     "UnknownEventError",
+    "current_event",
     "declare",
     "emit",
     "handlers",
@@ -85,23 +93,42 @@ MAX_DEPTH: Final = 16
 
 
 class _Adapter:
-    """Makes a sync handler, or one with a time limit, awaitable like a plain ``async def``.
+    """Makes a sync handler, or one with a time limit or its own slow threshold, awaitable
+    like a plain ``async def``.
 
     ``_handlers`` holds ``async def`` handlers themselves, so dispatch awaits them with no
     indirection; every other handler is held inside one of these.
     """
 
-    __slots__ = ("event_name", "handler", "label", "timeout")
+    __slots__ = ("event_name", "handler", "label", "slow_after", "timeout")
 
     def __init__(
-        self, event_name: str, handler: Callable[..., Any], label: str, timeout: float | None
+        self,
+        event_name: str,
+        handler: Callable[..., Any],
+        label: str,
+        timeout: float | None,
+        slow_after: float | None,
     ) -> None:
         self.event_name = event_name
         self.handler = handler
         self.label = label
         self.timeout = timeout
+        self.slow_after = slow_after
 
     async def __call__(self, **kwargs: Any) -> None:
+        if not self.slow_after:
+            await self._run(kwargs)
+            return
+        started = time.perf_counter()
+        try:
+            await self._run(kwargs)
+        except Exception:
+            _warn_if_slow(self.event_name, self.label, started, self.slow_after)
+            raise
+        _warn_if_slow(self.event_name, self.label, started, self.slow_after)
+
+    async def _run(self, kwargs: dict[str, Any]) -> None:
         if self.timeout is None:
             await _call_and_await(self.handler, kwargs)
             return
@@ -144,10 +171,12 @@ class _Nesting:
     emit is running on its own call stack knows this and takes a fresh record of its own.
     """
 
-    __slots__ = ("depth",)
+    __slots__ = ("depth", "traces")
 
     def __init__(self) -> None:
         self.depth = 0
+        self.traces: list[tracing.Trace | None] = []
+        """By depth, the identity of the emit running there, once something asked for it."""
 
 
 # Sharing the default is safe: a task that finds it in use by another takes its own record.
@@ -155,7 +184,9 @@ _nesting: ContextVar[_Nesting] = ContextVar("app.core.events.nesting", default=_
 """This task's nesting record; until a task needs a record of its own, tasks share the default."""
 
 
-def on(name: str, *, timeout: float | None = None) -> Callable[[HandlerT], HandlerT]:
+def on(
+    name: str, *, timeout: float | None = None, slow_after: float | None = None
+) -> Callable[[HandlerT], HandlerT]:
     """Register the decorated callable as a handler of the event ``name``.
 
     The decorator returns the callable unchanged. Registering the same callable again for the
@@ -164,31 +195,44 @@ def on(name: str, *, timeout: float | None = None) -> Callable[[HandlerT], Handl
     Args:
         name: The event name, ``<aggregate>.<verb>``.
         timeout: Seconds this handler may run before it is cancelled and logged as failed.
+        slow_after: Seconds after which a run of this handler is logged once as slow
+            (``"event handler slow"``); overrides ``configure_tracing(slow_after=...)``, and
+            ``0`` turns it off for this handler.
 
     Raises:
         EventNameTypeError: ``name`` is not a ``str``.
         EventNameError: ``name`` breaks the naming convention.
-        InvalidOptionError: ``timeout`` is not a positive, finite number of seconds.
+        InvalidOptionError: ``timeout`` is not a positive, finite number of seconds, or
+            ``slow_after`` is not a number of seconds >= 0.
         InvalidHandlerError: (from the decorator) the callable cannot be a handler, or is
-            already registered for ``name`` with another timeout.
+            already registered for ``name`` with other options.
     """
     check_name(name)
     _check_timeout(timeout)
+    if slow_after is not None:
+        slow_after = tracing.check_slow_after(slow_after)
+        if math.isinf(slow_after):
+            slow_after = 0.0
+    options = {"timeout": timeout, "slow_after": slow_after}
 
     def register(handler: HandlerT) -> HandlerT:
         label = _check_handler(name, handler)
         entry: Callable[..., Any] = handler
-        if timeout is not None or not inspect.iscoroutinefunction(handler):
-            entry = _Adapter(name, handler, label, timeout)
+        if (
+            timeout is not None
+            or slow_after is not None
+            or not inspect.iscoroutinefunction(handler)
+        ):
+            entry = _Adapter(name, handler, label, timeout, slow_after)
         with _registry_lock:
             current = _handlers.get(name, [])
             for existing in current:
                 if _same_callable(_unwrap(existing), handler):
-                    if _timeout_of(existing) != timeout:
+                    if _options_of(existing) != options:
                         raise InvalidHandlerError(
                             f"handler {label} is already registered for {name!r} with "
-                            f"timeout={_timeout_of(existing)!r}; off() it first to change it "
-                            f"to timeout={timeout!r}",
+                            f"{_format_options(_options_of(existing))}; off() it first to "
+                            f"change it to {_format_options(options)}",
                             event_name=name,
                             handler=handler,
                         )
@@ -264,6 +308,9 @@ async def emit(name: str, /, **kwargs: Any) -> None:
         catalogue.check_payload(declaration, kwargs)
         if not _deliver_now(name, kwargs, _getframe(0)):
             return  # queued by a deferral scope, or muted by the test plugin
+        if _hooks.traced is not None:
+            await _deliver_traced(name, kwargs, _hooks.traced, _getframe(1))
+            return
     entries = _handlers.get(name)
     if not entries:
         if _nesting.get().depth:
@@ -304,6 +351,131 @@ def _deliver_now(name: str, kwargs: dict[str, Any], frame: FrameType) -> bool:
     if deliver:
         queue.append((name, kwargs))
     return False
+
+
+async def _deliver_traced(
+    name: str, kwargs: dict[str, Any], settings: tracing.TracingSettings, caller: FrameType | None
+) -> None:
+    """Emit's delivery while tracing is on (same order, isolation and nesting rules): the
+    event's identity is made at once and is the ``cause`` of tasks its handlers start; each
+    handler runs with its keys bound (``bind_context``), in its span (OpenTelemetry) and
+    timed against its slow threshold."""
+    entries = _handlers.get(name) or ()
+    nesting = _nesting_of_this_task(caller)
+    depth = nesting.depth
+    _check_depth(name, depth)
+    trace = tracing.Trace(name, kwargs, _trace_here(caller))
+    spans = settings.spans
+    nesting.depth = depth + 1
+    token = tracing.cause.set(trace)
+    try:
+        with spans.emit(trace) if spans is not None else contextlib.nullcontext():
+            for handler in entries:
+                label = _label(handler)
+                threshold = _slow_after(handler, settings)
+                with contextlib.ExitStack() as stack:
+                    if settings.bind_context:
+                        keys = trace.context(label).log_keys()
+                        stack.enter_context(tracing.bound_event_context(keys))
+                    span = (
+                        None if spans is None else stack.enter_context(spans.handler(trace, label))
+                    )
+                    started = time.perf_counter()
+                    try:
+                        await handler(**kwargs)
+                    except Exception as exc:
+                        _log_failure(name, handler, exc)
+                        if span is not None:
+                            spans.failed(span, exc)  # type: ignore[union-attr]
+                    if threshold:
+                        _warn_if_slow(name, label, started, threshold)
+    finally:
+        tracing.cause.reset(token)
+        nesting.depth = depth
+
+
+def current_event() -> EventContext | None:
+    """The event being handled: inside a handler (and anything it calls on the same task),
+    an ``EventContext`` naming the event, its ids, its depth in the chain and the handler;
+    outside any handler, None. Never raises.
+
+    In the lazy default the event's identity is made by the first call for that emit, which
+    is then its ``occurred_at``; with tracing on it was made as the emit started.
+    """
+    located = _locate(_getframe(1))
+    return None if located is None else located[0].context(_label(located[1]))
+
+
+def _locate(frame: FrameType | None) -> tuple[tracing.Trace, Callable[..., Any]] | None:
+    """The innermost emit that is running a handler at ``frame`` or further down this call
+    stack: its identity (made now if nobody asked yet) and the handler's registry entry."""
+    while frame is not None:
+        code = frame.f_code
+        if code is _EMIT_CODE or code is _TRACED_CODE:
+            local = frame.f_locals
+            handler = local.get("handler")  # unbound until the emit runs its first handler
+            if handler is not None:
+                if code is _TRACED_CODE:
+                    return local["trace"], handler
+                return _lazy_trace(frame, local), handler
+        frame = frame.f_back
+    return None
+
+
+def _lazy_trace(frame: FrameType, local: dict[str, Any]) -> tracing.Trace:
+    """The identity of the fast-path emit running at ``frame``, made on first request.
+
+    It is kept in the emit's nesting record at the emit's depth, with the emit's own payload
+    dict, which tells it apart from a later emit at that depth.
+    """
+    nesting: _Nesting = local["nesting"]
+    depth: int = local["depth"]
+    kwargs: dict[str, Any] = local["kwargs"]
+    traces = nesting.traces
+    if depth < len(traces):
+        trace = traces[depth]
+        if trace is not None and trace.payload is kwargs:
+            return trace
+    else:
+        traces.extend([None] * (depth + 1 - len(traces)))
+    trace = tracing.Trace(local["name"], kwargs, _trace_here(frame.f_back))
+    traces[depth] = trace
+    return trace
+
+
+def _trace_here(frame: FrameType | None) -> tracing.Trace | None:
+    """The event that work at ``frame`` is done for: the handler's event on this stack, else
+    the ``cause`` this task inherited, else None (a chain starts here)."""
+    located = _locate(frame)
+    return located[0] if located is not None else tracing.cause.get()
+
+
+def _event_log_keys(frame: FrameType | None, name: str, label: str) -> dict[str, Any]:
+    """The keys naming the event, chain and handler of a log line about ``label``'s run."""
+    located = _locate(frame)
+    if located is None:
+        return {"event_name": name, "handler": label}
+    return located[0].context(label).log_keys()
+
+
+def _slow_after(entry: Callable[..., Any], settings: tracing.TracingSettings) -> float | None:
+    """The threshold the delivery loop times ``entry`` against; None when the handler has
+    its own (its adapter times it) or there is none."""
+    if isinstance(entry, _Adapter) and entry.slow_after is not None:
+        return None
+    return settings.slow_after
+
+
+def _warn_if_slow(name: str, label: str, started: float, threshold: float) -> None:
+    """Log one warning if the run that began at ``started`` took longer than ``threshold``."""
+    duration = time.perf_counter() - started
+    if duration <= threshold:
+        return
+    try:
+        keys = _event_log_keys(_getframe(1), name, label)
+        log.warning("event handler slow", **keys, duration=round(duration, 6), slow_after=threshold)
+    except Exception:
+        sys.stderr.write(f"app.core.events: event handler slow ({name}, {label}); logging failed\n")
 
 
 def verify() -> None:
@@ -388,6 +560,7 @@ def _emit_running_from(frame: FrameType | None) -> bool:
 
 
 _EMIT_CODE: Final = emit.__code__
+_TRACED_CODE: Final = _deliver_traced.__code__
 
 
 def _check_depth(name: str, depth: int) -> None:
@@ -405,18 +578,30 @@ def _unwrap(entry: Callable[..., Any]) -> Callable[..., Any]:
     return entry.handler if isinstance(entry, _Adapter) else entry
 
 
-def _timeout_of(entry: Callable[..., Any]) -> float | None:
-    return entry.timeout if isinstance(entry, _Adapter) else None
+def _options_of(entry: Callable[..., Any]) -> dict[str, float | None]:
+    if isinstance(entry, _Adapter):
+        return {"timeout": entry.timeout, "slow_after": entry.slow_after}
+    return {"timeout": None, "slow_after": None}
+
+
+def _format_options(options: dict[str, float | None]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in options.items())
+
+
+def _label(entry: Callable[..., Any]) -> str:
+    return entry.label if isinstance(entry, _Adapter) else _describe(entry)
 
 
 def _log_failure(name: str, entry: Callable[..., Any], exc: Exception) -> None:
-    """Log a handler's failure once; if logging itself fails, fall back to stderr."""
-    label = entry.label if isinstance(entry, _Adapter) else _describe(entry)
+    """Log a handler's failure once, with the event's keys; if logging itself fails, fall
+    back to stderr."""
+    label = _label(entry)
     hook = _hooks.installed
     if hook is not None:
         hook.handler_failed(name, label, exc)
     try:
-        log.exception("event handler failed", event_name=name, handler=label, exc_info=exc)
+        keys = _event_log_keys(_getframe(1), name, label)
+        log.exception("event handler failed", **keys, exc_info=exc)
     except Exception as logging_exc:
         try:
             sys.stderr.write(

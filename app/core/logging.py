@@ -1,4 +1,5 @@
-"""Logging set-up for entry points; library modules only call ``structlog.get_logger``."""
+"""Logging set-up for entry points, and the processor that names a handler's event in every
+line it logs; library modules only call ``structlog.get_logger``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,23 @@ import sys
 from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ["configure_logging"]
+from app.core.events import current_event
+
+__all__ = ["add_event_context", "configure_logging"]
+
+
+def add_event_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: inside a handler, add ``event_name``, ``event_id``,
+    ``causation_id`` (when set), ``correlation_id`` and ``handler`` to the line, unless the
+    line already has them. Costs emit nothing: the keys are looked up when a line is logged.
+    """
+    event = current_event()
+    if event is not None:
+        for key, value in event.log_keys().items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 def configure_logging(
@@ -18,7 +34,8 @@ def configure_logging(
 
     Only entry points call this. Standard-library logging (uvicorn's, say) is routed to the
     same output in the same format. Context variables bound with
-    ``structlog.contextvars.bind_contextvars`` appear in every line; exceptions are rendered
+    ``structlog.contextvars.bind_contextvars`` appear in every line, and so do the keys of
+    the event a line was logged for (``add_event_context``); exceptions are rendered
     as a traceback (console) or a structured list of frames (JSON).
 
     Args:
@@ -28,6 +45,7 @@ def configure_logging(
     """
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_event_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from app.core import catalogue, events
+from app.core import catalogue, events, tracing
 from app.core.events import CatalogueError, verify
 from app.testing._state import EventRecorder, HandlerFailure, TestEvents
 
@@ -103,7 +103,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture(autouse=True)
 def events_isolated(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Undo every registration and declaration made by or during the test (autouse)."""
+    """Undo every registration, declaration and tracing setting made by or during the test
+    (autouse)."""
+    saved_tracing = tracing.tracing_settings()
     handlers = events._handlers
     saved_handlers = dict(handlers)  # lists are replaced, never mutated: a snapshot
     declared = catalogue._declared
@@ -118,6 +120,7 @@ def events_isolated(request: pytest.FixtureRequest) -> Iterator[None]:
         handlers.update(saved_handlers)
         declared.clear()
         declared.update(saved_declared)
+        tracing.restore_tracing(saved_tracing)
     _fail_on_failures(state, when="teardown")
 
 
