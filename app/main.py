@@ -2,15 +2,17 @@
 
 ``create_app()`` builds the FastAPI application. Its lifespan imports the business packages,
 checks them against the event catalogue (start-up fails with the report if it does not hold),
-opens the database (``APP_DATABASE_URL``, a SQLite file by default) and owns the
-``BackgroundEmitter`` that delivers each successful request's events after its response.
+opens the database (``APP_DATABASE_URL``, a SQLite file by default), turns tracing on (each
+handler's log lines carry its event, chain and handler; the chain's correlation id is the
+request id) and owns the ``BackgroundEmitter`` that delivers each successful request's events
+after its response.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated, Final, TypeVar
 
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
@@ -28,9 +30,13 @@ from app.business.hr import (
 from app.business.hr import services as hr_services
 from app.core.deferred import DEFAULT_GRACE_PERIOD, BackgroundEmitter
 from app.core.events import verify
+from app.core.tracing import configure_tracing, restore_tracing
 from app.http_events import RequestEventsMiddleware
 
-__all__ = ["create_app"]
+__all__ = ["SLOW_HANDLER_AFTER", "create_app"]
+
+SLOW_HANDLER_AFTER: Final = 1.0
+"""Seconds after which the service logs a handler run as slow, by default."""
 
 
 class EmployeeIn(BaseModel):
@@ -66,6 +72,7 @@ class MailOut(BaseModel):
     employee_id: int
     subject: str
     body: str
+    correlation_id: str | None
 
 
 class AuditEntryOut(BaseModel):
@@ -77,6 +84,7 @@ class AuditEntryOut(BaseModel):
     from_state: str
     to_state: str
     actor_id: int
+    correlation_id: str | None
 
 
 async def request_session() -> AsyncIterator[AsyncSession]:
@@ -89,7 +97,10 @@ Session = Annotated[AsyncSession, Depends(request_session)]
 
 
 def create_app(
-    database_url: str | None = None, *, grace_period: float = DEFAULT_GRACE_PERIOD
+    database_url: str | None = None,
+    *,
+    grace_period: float = DEFAULT_GRACE_PERIOD,
+    slow_handler_after: float = SLOW_HANDLER_AFTER,
 ) -> FastAPI:
     """Build the service.
 
@@ -97,6 +108,7 @@ def create_app(
         database_url: A SQLAlchemy async URL; ``APP_DATABASE_URL`` or a SQLite file by default.
         grace_period: Seconds shutdown waits for pending event deliveries before cancelling
             them (each cancelled one is logged).
+        slow_handler_after: Seconds after which a handler run is logged as slow (0: never).
     """
 
     @asynccontextmanager
@@ -104,11 +116,13 @@ def create_app(
         load_business_packages()
         verify()
         await db.open_database(database_url or db.database_url())
+        tracing_before = configure_tracing(bind_context=True, slow_after=slow_handler_after)
         try:
             async with BackgroundEmitter(grace_period=grace_period) as emitter:
                 app.state.emitter = emitter
                 yield
         finally:
+            restore_tracing(tracing_before)
             await db.close_database()
 
     app = FastAPI(title="HR reference service", lifespan=lifespan)

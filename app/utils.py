@@ -1,7 +1,7 @@
-"""What business code imports: ``from app.utils import emit, on``."""
+"""What business code imports: ``from app.utils import current_event, emit, on``."""
 
 from __future__ import annotations
 
-from app.core.events import emit, on
+from app.core.events import current_event, emit, on
 
-__all__ = ["emit", "on"]
+__all__ = ["current_event", "emit", "on"]

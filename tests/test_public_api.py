@@ -15,6 +15,8 @@ PUBLIC_MODULES = [
     "app.core.catalogue",
     "app.bootstrap",
     "app.core.deferred",
+    "app.core.tracing",
+    "app.core.logging",
     "app.db",
     "app.main",
     "app.http_events",
@@ -38,10 +40,11 @@ def test_every_name_in_all_exists(module_name):
 
 
 def test_utils_reexports_the_registry():
-    """Business code's ``from app.utils import emit, on`` is the registry itself."""
+    """Business code's ``from app.utils import current_event, emit, on`` is the registry."""
     from app import utils
 
-    assert utils.__all__ == ["emit", "on"]
+    assert utils.__all__ == ["current_event", "emit", "on"]
+    assert utils.current_event is events.current_event
     assert utils.emit is events.emit
     assert utils.on is events.on
 

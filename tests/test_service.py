@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import anyio
@@ -99,7 +100,13 @@ async def test_the_happy_path_delivers_after_the_response(service):
     await service.settle()
 
     assert (await service.client.get("/outbox")).json() == [
-        {"id": 1, "employee_id": 1, "subject": "Welcome aboard", "body": "Welcome to department 7!"}
+        {
+            "id": 1,
+            "employee_id": 1,
+            "subject": "Welcome aboard",
+            "body": "Welcome to department 7!",
+            "correlation_id": response.headers["x-request-id"],
+        }
     ]
     moved = await service.client.post(
         "/employees/1/status", json={"to_state": "active", "actor_id": 2}
@@ -108,7 +115,14 @@ async def test_the_happy_path_delivers_after_the_response(service):
     assert moved.json()["status"] == "active"
     await service.settle()
     assert (await service.client.get("/audit")).json() == [
-        {"id": 1, "employee_id": 1, "from_state": "onboarding", "to_state": "active", "actor_id": 2}
+        {
+            "id": 1,
+            "employee_id": 1,
+            "from_state": "onboarding",
+            "to_state": "active",
+            "actor_id": 2,
+            "correlation_id": moved.headers["x-request-id"],
+        }
     ]
     assert (await service.client.get("/employees/1")).json()["status"] == "active"
 
@@ -153,22 +167,40 @@ async def test_client_errors_deliver_nothing_and_name_the_problem(service):
 async def test_a_failing_handler_changes_nothing_for_the_request(
     service, log_records, expect_handler_failure
 ):
-    """201 as usual, the other handler's mail is written, the failure is logged with the
-    request's id."""
+    """201 as usual, the other handler's mail is written; the failure's log line names the
+    request, the event, the chain and the handler, like the lines the handlers log."""
 
     @on("employee.created")
     async def broken(**kwargs):
         raise ValueError("dashboard down")
 
     with expect_handler_failure("employee.created", ValueError):
-        response = await service.client.post("/employees", json=NEW_EMPLOYEE)
+        response = await service.client.post(
+            "/employees", json=NEW_EMPLOYEE, headers={"x-request-id": "req-3am"}
+        )
         await service.settle()
     assert response.status_code == 201
-    assert len((await service.client.get("/outbox")).json()) == 1
+    (mail,) = (await service.client.get("/outbox")).json()
+    assert mail["correlation_id"] == "req-3am"
     (failure,) = [r for r in log_records if r["event"] == "event handler failed"]
-    assert failure["request_id"] == response.headers["x-request-id"]
-    assert failure["event_name"] == "employee.created"
-    assert failure["handler"].endswith(".broken")
+    (queued,) = [r for r in log_records if r["event"] == "welcome mail queued"]
+    event_id = queued["event_id"]
+    assert uuid.UUID(event_id).version == 7
+    assert {key: failure[key] for key in KEYS} == {
+        "request_id": "req-3am",
+        "event_name": "employee.created",
+        "event_id": event_id,
+        "correlation_id": "req-3am",
+        "handler": f"{__name__}.{broken.__qualname__}",
+    }
+    assert "causation_id" not in failure  # the request's emit starts the chain
+    assert {key: queued[key] for key in KEYS} == {
+        **{key: failure[key] for key in KEYS},
+        "handler": "app.business.notify.events.send_welcome_mail",
+    }
+
+
+KEYS = ("request_id", "event_name", "event_id", "correlation_id", "handler")
 
 
 async def test_an_incoming_request_id_is_kept(service):

@@ -23,6 +23,8 @@ class AuditEntry(Base):
     from_state: Mapped[str] = mapped_column(String(20))
     to_state: Mapped[str] = mapped_column(String(20))
     actor_id: Mapped[int]
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    """The chain (for a request's events, the request id) that caused the change."""
 
 
 async def list_audit(session: AsyncSession) -> Sequence[AuditEntry]:

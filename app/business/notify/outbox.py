@@ -22,6 +22,8 @@ class Mail(Base):
     employee_id: Mapped[int]
     subject: Mapped[str] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(String(2000))
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    """The chain (for a request's events, the request id) that queued the mail."""
 
 
 async def list_outbox(session: AsyncSession) -> Sequence[Mail]:
