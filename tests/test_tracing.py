@@ -15,7 +15,14 @@ import structlog
 
 from app.core import tracing
 from app.core.deferred import BackgroundEmitter
-from app.core.events import EventContext, InvalidOptionError, current_event, emit, on
+from app.core.events import (
+    EventContext,
+    InvalidHandlerError,
+    InvalidOptionError,
+    current_event,
+    emit,
+    on,
+)
 from app.core.logging import add_event_context
 from app.core.tracing import configure_tracing, correlate
 
@@ -472,3 +479,17 @@ def test_opentelemetry_without_the_extra_is_a_clear_error(monkeypatch):
     with pytest.raises(InvalidOptionError, match=r"pip install 'app\[otel\]'"):
         configure_tracing(opentelemetry=True)
     assert not tracing.tracing_settings().opentelemetry
+
+
+def test_registering_again_with_another_threshold_is_refused(registry):
+    """The same handler with another ``slow_after`` is an error naming both options."""
+
+    async def handler(**kwargs):
+        pass
+
+    on("order.placed", slow_after=1)(handler)
+    on("order.placed", slow_after=1)(handler)  # the same options: a no-op
+    with pytest.raises(
+        InvalidHandlerError, match=r"slow_after=1\.0; off\(\) it first .*slow_after=2\.0"
+    ):
+        on("order.placed", slow_after=2)(handler)

@@ -364,31 +364,36 @@ async def _deliver_traced(
     nesting = _nesting_of_this_task(caller)
     depth = nesting.depth
     _check_depth(name, depth)
-    trace = tracing.Trace(name, kwargs, _trace_here(caller))
+    # Traced emits set ``cause`` while their handlers run, so it names this emit's cause
+    # without a walk up the stack.
+    trace = tracing.Trace(name, kwargs, tracing.cause.get())
     spans = settings.spans
     nesting.depth = depth + 1
     token = tracing.cause.set(trace)
     try:
-        with spans.emit(trace) if spans is not None else contextlib.nullcontext():
+        with contextlib.nullcontext() if spans is None else spans.emit(trace):
             for handler in entries:
                 label = _label(handler)
                 threshold = _slow_after(handler, settings)
-                with contextlib.ExitStack() as stack:
-                    if settings.bind_context:
-                        keys = trace.context(label).log_keys()
-                        stack.enter_context(tracing.bound_event_context(keys))
-                    span = (
-                        None if spans is None else stack.enter_context(spans.handler(trace, label))
-                    )
-                    started = time.perf_counter()
-                    try:
-                        await handler(**kwargs)
-                    except Exception as exc:
-                        _log_failure(name, handler, exc)
-                        if span is not None:
-                            spans.failed(span, exc)  # type: ignore[union-attr]
-                    if threshold:
-                        _warn_if_slow(name, label, started, threshold)
+                bindings = tracing.bind_event_keys(trace, label) if settings.bind_context else None
+                try:
+                    with (
+                        contextlib.nullcontext()
+                        if spans is None
+                        else spans.handler(trace, label) as span
+                    ):
+                        started = time.perf_counter()
+                        try:
+                            await handler(**kwargs)
+                        except Exception as exc:
+                            _log_failure(name, handler, exc)
+                            if span is not None:
+                                spans.failed(span, exc)  # type: ignore[union-attr]
+                        if threshold:
+                            _warn_if_slow(name, label, started, threshold)
+                finally:
+                    if bindings is not None:
+                        tracing.restore_bindings(bindings)
     finally:
         tracing.cause.reset(token)
         nesting.depth = depth

@@ -25,10 +25,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import os
+import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     from app.core._otel import Spans
 
 __all__ = [
-    "EVENT_KEYS",
     "EventContext",
     "TracingSettings",
     "configure_tracing",
@@ -52,9 +50,6 @@ __all__ = [
     "restore_tracing",
     "tracing_settings",
 ]
-
-EVENT_KEYS: Final = ("event_name", "event_id", "causation_id", "correlation_id", "handler")
-"""The log keys that name a handler's event, chain and handler, in the order they are bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +77,20 @@ class EventContext:
 
     def log_keys(self) -> dict[str, Any]:
         """The keys a log line inside this handler carries (``causation_id`` only if set)."""
-        keys: dict[str, Any] = {
-            "event_name": self.name,
-            "event_id": self.event_id,
-            "correlation_id": self.correlation_id,
-            "handler": self.handler,
-        }
-        if self.causation_id is not None:
-            keys["causation_id"] = self.causation_id
-        return keys
+        return _log_keys(
+            self.name, self.event_id, self.causation_id, self.correlation_id, self.handler
+        )
+
+
+def _log_keys(
+    name: str, event_id: str, causation_id: str | None, correlation_id: str, handler: str
+) -> dict[str, Any]:
+    keys: dict[str, Any] = {"event_name": name, "event_id": event_id}
+    if causation_id is not None:
+        keys["causation_id"] = causation_id
+    keys["correlation_id"] = correlation_id
+    keys["handler"] = handler
+    return keys
 
 
 class Trace:
@@ -122,6 +122,10 @@ class Trace:
             self.causation_id = cause.event_id
             self.correlation_id = cause.correlation_id
             self.depth = cause.depth + 1
+
+    def log_keys(self, handler: str) -> dict[str, Any]:
+        """The keys of a log line inside ``handler``'s run of this emit."""
+        return _log_keys(self.name, self.event_id, self.causation_id, self.correlation_id, handler)
 
     def context(self, handler: str) -> EventContext:
         """This emit as seen from inside ``handler``."""
@@ -176,13 +180,18 @@ def _caller_correlation_id() -> str | None:
 
 
 def new_event_id() -> str:
-    """A new UUIDv7 (RFC 9562) string: 48 bits of Unix milliseconds, then 74 random bits."""
+    """A new UUIDv7 (RFC 9562) string: 48 bits of Unix milliseconds, then 74 random bits.
+
+    The random bits come from ``random`` (seeded from the OS, reseeded in forked children):
+    ids must be unique, not unguessable, and ``os.urandom`` costs a system call per id.
+    """
     milliseconds = time.time_ns() // 1_000_000
-    value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10))
-    value = value & ~_VERSION_AND_VARIANT | _V7  # uuid.UUID(version=7) needs Python 3.14
-    return str(uuid.UUID(int=value))
+    value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80 | _random_bits(80)
+    text = f"{value & ~_VERSION_AND_VARIANT | _V7:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+_random_bits: Final = random.getrandbits
 _VERSION_AND_VARIANT: Final = 0xF << 76 | 0b11 << 62
 _V7: Final = 0x7 << 76 | 0b10 << 62
 
@@ -253,7 +262,8 @@ def configure_tracing(
         if bind_context is not None:
             changes["bind_context"] = bool(bind_context)
         if slow_after is not None:
-            changes["slow_after"] = check_slow_after(slow_after) or None
+            threshold = check_slow_after(slow_after)
+            changes["slow_after"] = threshold if 0 < threshold < math.inf else None
         if opentelemetry is not None:
             changes["opentelemetry"] = bool(opentelemetry)
         if tracer_provider is not None:
@@ -319,22 +329,17 @@ def check_slow_after(seconds: object) -> float:
     return float(seconds)
 
 
-@contextlib.contextmanager
-def bound_event_context(keys: Mapping[str, Any]) -> Iterator[None]:
-    """Bind ``keys`` in structlog's context vars for the block, then put every structlog
-    binding of this context back exactly as it was, whatever the block bound or unbound."""
+def bind_event_keys(trace: Trace, handler: str) -> contextvars.Context:
+    """Bind the keys of ``handler``'s run of ``trace`` in structlog's context vars; return
+    what ``restore_bindings`` needs to put the bindings back as they were."""
     before = contextvars.copy_context()
-    structlog.contextvars.bind_contextvars(**keys)
-    try:
-        yield
-    finally:
-        _restore_structlog_bindings(before)
+    structlog.contextvars.bind_contextvars(**trace.log_keys(handler))
+    return before
 
 
-_PREFIX: Final = structlog.contextvars.STRUCTLOG_KEY_PREFIX
-
-
-def _restore_structlog_bindings(before: contextvars.Context) -> None:
+def restore_bindings(before: contextvars.Context) -> None:
+    """Put every structlog binding of this context back exactly as it was in ``before``,
+    whatever was bound, rebound or unbound since."""
     now = contextvars.copy_context()
     for var, value in now.items():
         if var.name.startswith(_PREFIX):
@@ -344,3 +349,6 @@ def _restore_structlog_bindings(before: contextvars.Context) -> None:
     for var, value in before.items():
         if var.name.startswith(_PREFIX) and var not in now:
             var.set(value)
+
+
+_PREFIX: Final = structlog.contextvars.STRUCTLOG_KEY_PREFIX
