@@ -376,19 +376,18 @@ async def _deliver_traced(
                 label = _label(handler)
                 threshold = _slow_after(handler, settings)
                 bindings = tracing.bind_event_keys(trace, label) if settings.bind_context else None
+                handler_span = (
+                    contextlib.nullcontext() if spans is None else spans.handler(trace, label)
+                )
                 try:
-                    with (
-                        contextlib.nullcontext()
-                        if spans is None
-                        else spans.handler(trace, label) as span
-                    ):
+                    with handler_span as span:
                         started = time.perf_counter()
                         try:
                             await handler(**kwargs)
                         except Exception as exc:
                             _log_failure(name, handler, exc)
-                            if span is not None:
-                                spans.failed(span, exc)  # type: ignore[union-attr]
+                            if spans is not None and span is not None:
+                                spans.failed(span, exc)
                         if threshold:
                             _warn_if_slow(name, label, started, threshold)
                 finally:
@@ -460,7 +459,7 @@ def _event_log_keys(frame: FrameType | None, name: str, label: str) -> dict[str,
     located = _locate(frame)
     if located is None:
         return {"event_name": name, "handler": label}
-    return located[0].context(label).log_keys()
+    return located[0].log_keys(label)
 
 
 def _slow_after(entry: Callable[..., Any], settings: tracing.TracingSettings) -> float | None:
