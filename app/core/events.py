@@ -211,8 +211,6 @@ def on(
     _check_timeout(timeout)
     if slow_after is not None:
         slow_after = tracing.check_slow_after(slow_after)
-        if math.isinf(slow_after):
-            slow_after = 0.0
     options = {"timeout": timeout, "slow_after": slow_after}
 
     def register(handler: HandlerT) -> HandlerT:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 import random
 import threading
@@ -262,8 +263,7 @@ def configure_tracing(
         if bind_context is not None:
             changes["bind_context"] = bool(bind_context)
         if slow_after is not None:
-            threshold = check_slow_after(slow_after)
-            changes["slow_after"] = threshold if 0 < threshold < math.inf else None
+            changes["slow_after"] = check_slow_after(slow_after) or None
         if opentelemetry is not None:
             changes["opentelemetry"] = bool(opentelemetry)
         if tracer_provider is not None:
@@ -276,10 +276,9 @@ def configure_tracing(
                     f"correlation_keys must be a tuple of non-empty str, not {correlation_keys!r}"
                 )
             changes["correlation_keys"] = tuple(correlation_keys)
-        settings = TracingSettings(**{**_fields(base), **changes})
-        if settings.opentelemetry:
-            settings = TracingSettings(**_fields(settings), spans=_spans(settings.tracer_provider))
-        _apply(settings)
+        settings = dataclasses.replace(base, **changes)
+        spans = _spans(settings.tracer_provider) if settings.opentelemetry else None
+        _apply(dataclasses.replace(settings, spans=spans))
     return before
 
 
@@ -295,16 +294,6 @@ def _apply(settings: TracingSettings) -> None:
     _hooks.set_traced(settings if settings.traced else None, catalogue.refresh_fast_paths)
 
 
-def _fields(settings: TracingSettings) -> dict[str, Any]:
-    return {
-        "bind_context": settings.bind_context,
-        "slow_after": settings.slow_after,
-        "opentelemetry": settings.opentelemetry,
-        "tracer_provider": settings.tracer_provider,
-        "correlation_keys": settings.correlation_keys,
-    }
-
-
 def _spans(provider: Any) -> Spans:
     try:
         from app.core._otel import Spans  # only when asked: it is an extra
@@ -316,7 +305,8 @@ def _spans(provider: Any) -> Spans:
 
 
 def check_slow_after(seconds: object) -> float:
-    """Return ``seconds`` as a threshold (0 means off), or raise InvalidOptionError."""
+    """Return ``seconds`` as a threshold, 0 meaning never (for 0 and inf), or raise
+    InvalidOptionError."""
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int | float)
@@ -326,7 +316,7 @@ def check_slow_after(seconds: object) -> float:
         raise InvalidOptionError(
             f"slow_after must be a number of seconds >= 0 (0 or inf: never), not {seconds!r}"
         )
-    return float(seconds)
+    return 0.0 if math.isinf(seconds) else float(seconds)
 
 
 def bind_event_keys(trace: Trace, handler: str) -> contextvars.Context:
