@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(*, host: str, port: int, json: bool) -> int:
     import uvicorn
 
-    from app.main import create_app
+    from app.web.service import create_app
 
     configure_logging(json=json)
     uvicorn.run(create_app(), host=host, port=port, log_config=None)

@@ -33,7 +33,7 @@ def test_the_reference_packages_exist():
 def test_business_packages_do_not_import_each_other(package):
     """A business package imports no other business package, nor the layers above it."""
     others = [f"app.business.{other}" for other in PACKAGES if other != package]
-    forbidden = [*others, "app.cli", "app.demo", "app.main", "app.http_events", "app.testing"]
+    forbidden = [*others, "app.cli", "app.demo", "app.web", "app.testing"]
     for path in (BUSINESS / package).rglob("*.py"):
         for module in imported_modules(path):
             assert not any(module == f or module.startswith(f + ".") for f in forbidden), (
@@ -58,8 +58,7 @@ def test_core_imports_nothing_above_it():
         "app.utils",
         "app.testing",
         "app.db",
-        "app.main",
-        "app.http_events",
+        "app.web",
         "pytest",
         "fastapi",
         "starlette",

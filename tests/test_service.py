@@ -15,7 +15,7 @@ from app import db
 from app.business import notify
 from app.business.hr import services as hr_services
 from app.core.events import on
-from app.main import create_app
+from app.web.service import create_app
 
 # SQLAlchemy's async engine and uvicorn run on asyncio only. anyio's runner keeps a fixture's
 # set-up and tear-down in one task, which the lifespan's task group needs.

@@ -42,6 +42,7 @@ import anyio
 import structlog
 
 from app.core import _hooks, catalogue, tracing
+from app.core._describe import describe as _describe
 from app.core._errors import (
     CatalogueError,
     EventNameError,
@@ -56,6 +57,7 @@ from app.core._errors import (
     UnknownEventError,
 )
 from app.core._names import MAX_NAME_LENGTH, check_name
+from app.core._verify import verify_registrations
 from app.core.catalogue import EventSpec, declare
 from app.core.tracing import EventContext
 
@@ -491,50 +493,7 @@ def verify() -> None:
     Raises:
         CatalogueError: one or more problems; ``problems`` lists them, one line each.
     """
-    problems: list[str] = []
-    for name, entries in list(_handlers.items()):
-        declaration = catalogue._declared.get(name)
-        for entry in entries:
-            handler = _unwrap(entry)
-            where = f"{_describe(handler)}{_location(handler)}"
-            if declaration is None:
-                hint = catalogue.did_you_mean(name)
-                problems.append(
-                    f"{where} handles {name!r}, which is not declared{f' ({hint})' if hint else ''}"
-                )
-            else:
-                spec = declaration.spec
-                problems.extend(
-                    f"{where} {problem}"
-                    for problem in catalogue.parameter_problems(
-                        name, _keyword_parameters(handler), spec.payload, spec.optional
-                    )
-                )
-    if problems:
-        listed = "\n".join(f"- {problem}" for problem in problems)
-        raise CatalogueError(
-            f"{len(problems)} problem(s) between the handlers and the event catalogue:\n{listed}",
-            problems=problems,
-        )
-
-
-def _keyword_parameters(handler: Callable[..., Any]) -> dict[str, bool]:
-    """The parameters a keyword argument can fill, each with whether it has a default."""
-    try:
-        parameters = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):
-        return {}
-    return {
-        p.name: p.default is not p.empty
-        for p in parameters
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-
-
-def _location(handler: Callable[..., Any]) -> str:
-    """`` (path:line)`` of a function's definition, or nothing when it has no code."""
-    code = getattr(inspect.unwrap(getattr(handler, "__func__", handler)), "__code__", None)
-    return f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+    verify_registrations({name: handlers(name) for name in list(_handlers)})
 
 
 def _nesting_of_this_task(caller: FrameType | None) -> _Nesting:
@@ -687,18 +646,3 @@ def _same_callable(a: object, b: object) -> bool:
     if inspect.ismethod(a) and inspect.ismethod(b):
         return a.__self__ is b.__self__ and a.__func__ is b.__func__
     return False
-
-
-def _describe(handler: object) -> str:
-    """Name a handler as ``module.qualname``, never raising, for logs and error messages."""
-    try:
-        if isinstance(handler, functools.partial):
-            return f"functools.partial({_describe(handler.func)})"
-        qualname = getattr(handler, "__qualname__", None)
-        module = getattr(handler, "__module__", None)
-        if not isinstance(qualname, str):
-            qualname = type(handler).__qualname__
-            module = type(handler).__module__
-        return f"{module}.{qualname}" if isinstance(module, str) else qualname
-    except Exception:
-        return f"<{type(handler).__qualname__} object>"

@@ -31,7 +31,7 @@ from app.business.hr import services as hr_services
 from app.core.deferred import DEFAULT_GRACE_PERIOD, BackgroundEmitter
 from app.core.events import verify
 from app.core.tracing import configure_tracing, restore_tracing
-from app.http_events import RequestEventsMiddleware
+from app.web.middleware import RequestEventsMiddleware
 
 __all__ = ["SLOW_HANDLER_AFTER", "create_app"]
 

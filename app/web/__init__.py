@@ -1,0 +1,1 @@
+"""The web layer: the reference FastAPI service (``service``) and its middleware."""
