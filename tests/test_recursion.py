@@ -64,7 +64,9 @@ async def test_ping_pong_recursion_ends_with_one_record(registry, logs):
     assert isinstance(error, RecursionError)
     assert error.depth == MAX_DEPTH + 1
     assert error.event_name == "ping.sent"
-    assert str(error).startswith("emit('ping.sent') would nest 17 emits deep in this task")
+    assert str(error).startswith(
+        "emit('ping.sent') would be 17 events deep in its causal chain, past the limit of 16"
+    )
     assert record["event_name"] == "pong.sent"  # the enclosing emit, whose handler failed
     assert record["handler"] == f"{pong.__module__}.{pong.__qualname__}"
 

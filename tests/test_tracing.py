@@ -49,7 +49,7 @@ def label(function):
 
 
 async def test_current_event_is_none_outside_handlers(registry, mode):
-    """Outside any handler, and in a task a handler starts, there is no current event."""
+    """Outside any handler there is no current event; a task a handler starts carries it."""
     seen = []
 
     async def child():
@@ -62,7 +62,7 @@ async def test_current_event_is_none_outside_handlers(registry, mode):
 
     assert current_event() is None
     await emit("order.placed")
-    assert seen == [None]
+    assert [(event.name, event.handler) for event in seen] == [("order.placed", label(handler))]
     assert current_event() is None
 
 
@@ -204,9 +204,8 @@ async def test_concurrent_chains_never_mix(registry, mode):
     assert len({event.event_id for _, event in records}) == 8
 
 
-async def test_a_task_started_by_a_handler_carries_the_chain_only_when_traced(registry, mode):
-    """With tracing on, a task a handler starts emits under the handler's event; in the lazy
-    default it begins a chain of its own (documented), keeping any bound correlation id."""
+async def test_a_task_started_by_a_handler_carries_the_chain(registry, mode):
+    """A task a handler starts emits under the handler's event, traced or not."""
     seen = {}
 
     @on("order.placed")
@@ -223,10 +222,7 @@ async def test_a_task_started_by_a_handler_carries_the_chain_only_when_traced(re
         await emit("order.placed")
     order, invoice_ = seen["order"], seen["invoice"]
     assert invoice_.correlation_id == order.correlation_id == "req-5"
-    if mode == "traced":
-        assert (invoice_.causation_id, invoice_.depth) == (order.event_id, 2)
-    else:
-        assert (invoice_.causation_id, invoice_.depth) == (None, 1)
+    assert (invoice_.causation_id, invoice_.depth) == (order.event_id, 2)
 
 
 async def test_background_emits_keep_the_cause_of_the_handler_that_made_them(registry, mode):

@@ -9,10 +9,36 @@ import math
 from app.core._describe import describe
 from app.core._errors import InvalidHandlerError, InvalidOptionError
 
-__all__ = ["check_handler", "check_timeout"]
+__all__ = ["check_handler", "check_options", "check_slow_after", "check_timeout"]
+
+
+def check_options(timeout: object, slow_after: object) -> float | None:
+    """Check ``on``'s options; return ``slow_after`` normalised (see ``check_slow_after``).
+
+    Raises:
+        InvalidOptionError: an option is out of range.
+    """
+    check_timeout(timeout)
+    return None if slow_after is None else check_slow_after(slow_after)
+
+
+def check_slow_after(seconds: object) -> float:
+    """Return ``seconds`` as a threshold, 0 meaning never (for 0 and inf), or raise
+    InvalidOptionError."""
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or math.isnan(seconds)
+        or seconds < 0
+    ):
+        raise InvalidOptionError(
+            f"slow_after must be a number of seconds >= 0 (0 or inf: never), not {seconds!r}"
+        )
+    return 0.0 if math.isinf(seconds) else float(seconds)
 
 
 def check_timeout(timeout: object) -> None:
+    """Raise InvalidOptionError unless ``timeout`` is None or a positive, finite number."""
     if timeout is None:
         return
     if (

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidHandlerError",
     "InvalidOptionError",
     "PayloadError",
+    "ScopeClosedError",
     "UnknownEventError",
 ]
 
@@ -54,7 +55,7 @@ class HandlerNotRegisteredError(EventsError, LookupError):
 
 
 class EventRecursionError(EventsError, RecursionError):
-    """Emits nested deeper than ``MAX_DEPTH`` in one task.
+    """An emit more than ``MAX_DEPTH`` events deep in its causal chain.
 
     Attributes:
         depth: The nesting depth the refused emit would have had.
@@ -123,3 +124,8 @@ class CatalogueError(EventsError, ValueError):
     def __init__(self, message: str, *, problems: list[str], event_name: object = None) -> None:
         super().__init__(message, event_name=event_name)
         self.problems = problems
+
+
+class ScopeClosedError(EventsError, RuntimeError):
+    """An emit into a deferral scope that was discarded (its work rolled back), from a task
+    that outlived the scope: delivering it would announce work that did not happen."""

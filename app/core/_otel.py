@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 if TYPE_CHECKING:
-    from app.core.tracing import Trace
+    from app.core._context import Event
 
 __all__ = ["Spans"]
 
@@ -26,7 +26,7 @@ class Spans:
         self.tracer = trace.get_tracer("app.core.events", tracer_provider=provider)
 
     @contextlib.contextmanager
-    def emit(self, event: Trace) -> Iterator[None]:
+    def emit(self, event: Event) -> Iterator[None]:
         """The span of one emit, current for the block."""
         attributes: dict[str, str | int] = {
             "event.name": event.name,
@@ -45,7 +45,7 @@ class Spans:
             yield
 
     @contextlib.contextmanager
-    def handler(self, event: Trace, label: str) -> Iterator[trace.Span]:
+    def handler(self, event: Event, label: str) -> Iterator[trace.Span]:
         """The span of one handler's run, current for the block; ``failed`` marks it."""
         with self.tracer.start_as_current_span(
             f"handle {event.name}",

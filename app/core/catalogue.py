@@ -19,14 +19,18 @@ is in force (the test fixtures turn it on); key checks are always on.
 from __future__ import annotations
 
 import difflib
+import threading
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from app.core import _hooks
+from app.core import _pipeline
 from app.core._errors import CatalogueError, EventsError, PayloadError, UnknownEventError
 from app.core._names import check_name, name_error
+
+if TYPE_CHECKING:
+    from app.core._context import Event
 
 __all__ = [
     "EventSpec",
@@ -36,10 +40,8 @@ __all__ = [
     "declare",
     "declared",
     "did_you_mean",
-    "install_hook",
     "parameter_problems",
     "payload_types_checked",
-    "refresh_fast_paths",
     "suggest",
     "unknown_event_error",
 ]
@@ -75,36 +77,25 @@ class EventSpec:
 
 
 class _Entry:
-    """A spec with what ``emit`` needs precomputed for its checks."""
+    """A spec with what ``emit`` needs precomputed for its key check: a payload of ``size``
+    keys, all of them required, holds exactly the required fields; any other payload goes
+    through ``check_payload``."""
 
-    __slots__ = ("allowed", "fast_size", "required", "spec")
+    __slots__ = ("allowed", "required", "size", "spec")
 
     def __init__(self, spec: EventSpec) -> None:
         self.spec = spec
         self.required = frozenset(spec.payload)
         self.allowed = frozenset(spec.fields)
-        self.fast_size = _fast_size(self.required)
-
-
-def _fast_size(required: frozenset[str]) -> int:
-    """How many keys a payload has when ``emit`` may skip ``check_payload``: exactly the
-    required ones (a payload that size, all of whose keys are required, holds them all).
-    -1 while type checks, a test hook, a deferral scope or traced delivery are on: every emit
-    then takes the slow path."""
-    if (
-        _type_checks
-        or _hooks.installed is not None
-        or _hooks.open_scopes
-        or _hooks.traced is not None
-    ):
-        return -1
-    return len(required)
+        self.size = len(self.required)
 
 
 _declared: dict[str, _Entry] = {}
 """The catalogue: every declared event by name. Tests may swap it like ``_handlers``."""
 
 _type_checks = False
+_undo_type_checks: Callable[[], None] | None = None
+_type_checks_lock = threading.Lock()
 _SUGGESTION_CUTOFF: Final = 0.6
 
 
@@ -172,22 +163,24 @@ def declared() -> dict[str, EventSpec]:
 
 
 def check_payload_types(enabled: bool) -> None:
-    """Turn checking of payload value types at ``emit`` on or off (off by default)."""
-    global _type_checks
-    _type_checks = enabled
-    refresh_fast_paths()
+    """Turn checking of payload value types at ``emit`` on or off (off by default): a step
+    before delivery (``app.core._pipeline``), so emit pays nothing for it while it is off."""
+    global _type_checks, _undo_type_checks
+    with _type_checks_lock:
+        if enabled and _undo_type_checks is None:
+            _undo_type_checks = _pipeline.install_step("types", _check_types)
+        elif not enabled and _undo_type_checks is not None:
+            _undo_type_checks()
+            _undo_type_checks = None
+        _type_checks = bool(enabled)
 
 
-def install_hook(hook: _hooks.EmitHook | None) -> None:
-    """Install the test plugin's hook (None removes it); see ``app.core._hooks``."""
-    _hooks.installed = hook
-    refresh_fast_paths()
-
-
-def refresh_fast_paths() -> None:
-    """Recompute whether each declaration may take emit's fast path (see ``_fast_size``)."""
-    for entry in _declared.values():
-        entry.fast_size = _fast_size(entry.required)
+def _check_types(name: str, kwargs: Mapping[str, Any], event: Event) -> bool:
+    """The step ``check_payload_types`` installs: check the payload, types included."""
+    entry = _declared.get(name)
+    if entry is not None:
+        check_payload(entry, kwargs)
+    return True
 
 
 def payload_types_checked() -> bool:

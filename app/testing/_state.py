@@ -7,12 +7,12 @@ import re
 import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import FrameType, MappingProxyType
+from types import MappingProxyType
 from typing import Any
 
 from app.core import catalogue
+from app.core._context import Event
 from app.core._names import name_problem
-from app.core.events import emit
 
 __all__ = [
     "EventRecorder",
@@ -22,7 +22,6 @@ __all__ = [
     "check_mute_pattern",
 ]
 
-_EMIT_CODE = emit.__code__
 _AGGREGATE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*", re.ASCII)
 
 
@@ -72,31 +71,16 @@ class EventRecorder:
 
     def __init__(self) -> None:
         self.emits: list[RecordedEmit] = []
-        self._by_frame: dict[FrameType, RecordedEmit] = {}
-        # A queued event's payload mapping -> its record, to link its replay (kept alive here).
-        self._by_payload: dict[int, tuple[Mapping[str, Any], RecordedEmit]] = {}
+        self._by_event: dict[Event, RecordedEmit] = {}
 
-    def record(self, name: str, kwargs: Mapping[str, Any], frame: FrameType, muted: bool) -> None:
-        """Record an emit; ``frame`` is the emit's own, to find the enclosing emit's."""
-        parent = None
-        outer = frame.f_back
-        while outer is not None:
-            if outer.f_code is _EMIT_CODE:
-                parent = self._by_frame.get(outer)
-                break
-            outer = outer.f_back
+    def record(self, name: str, kwargs: Mapping[str, Any], event: Event, muted: bool) -> None:
+        """Record an emit; ``event.parent`` (the event whose work made it) links its record."""
+        parent = None if event.parent is None else self._by_event.get(event.parent)
         recorded = RecordedEmit(
             name, MappingProxyType(dict(kwargs)), len(self.emits), parent, muted
         )
         self.emits.append(recorded)
-        self._by_frame[frame] = recorded
-        self._by_payload[id(kwargs)] = (kwargs, recorded)
-
-    def replay(self, kwargs: Mapping[str, Any], frame: FrameType) -> None:
-        """Link the emit that delivers a queued event to that event's record."""
-        found = self._by_payload.get(id(kwargs))
-        if found is not None and found[0] is kwargs:
-            self._by_frame[frame] = found[1]
+        self._by_event[event] = recorded
 
     def names(self) -> list[str]:
         """The names emitted, in order."""
@@ -143,8 +127,7 @@ class EventRecorder:
     def clear(self) -> None:
         """Forget what was recorded so far."""
         self.emits.clear()
-        self._by_frame.clear()
-        self._by_payload.clear()
+        self._by_event.clear()
 
     def _check_name(self, name: str) -> None:
         problem = name_problem(name) if isinstance(name, str) else "it is not a str"
@@ -176,15 +159,11 @@ class TestEvents:
     expected: list[tuple[str, type[BaseException]]] = field(default_factory=list)
     strict: bool = True
 
-    def emitted(self, name: str, kwargs: Mapping[str, Any], frame: FrameType) -> bool:
+    def emitted(self, name: str, kwargs: Mapping[str, Any], event: Event) -> bool:
         """The core's hook: record, and deliver unless muted."""
         muted = any(_mute_matches(pattern, name) for pattern in self.mutes)
-        self.recorder.record(name, kwargs, frame, muted)
+        self.recorder.record(name, kwargs, event, muted)
         return not muted
-
-    def replayed(self, kwargs: Mapping[str, Any], frame: FrameType) -> None:
-        """The core's hook: a queued event is being delivered."""
-        self.recorder.replay(kwargs, frame)
 
     def handler_failed(self, name: str, handler: str, error: Exception) -> None:
         """The core's hook: keep the failure for the end of the test."""

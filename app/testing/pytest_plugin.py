@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from app.core import catalogue, events, tracing
+from app.core import _pipeline, catalogue, events, tracing
 from app.core.events import CatalogueError, verify
 from app.testing._state import EventRecorder, HandlerFailure, TestEvents
 
@@ -82,7 +82,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Leave the catalogue as it was found."""
     catalogue.check_payload_types(False)
-    catalogue.install_hook(None)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -111,11 +110,11 @@ def events_isolated(request: pytest.FixtureRequest) -> Iterator[None]:
     declared = catalogue._declared
     saved_declared = dict(declared)
     state = _start_test(request.node)
-    catalogue.install_hook(state)
+    uninstall = _pipeline.install_hook(state)
     try:
         yield
     finally:
-        catalogue.install_hook(None)
+        uninstall()
         handlers.clear()
         handlers.update(saved_handlers)
         declared.clear()

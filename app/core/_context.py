@@ -1,0 +1,221 @@
+"""What is running: the event whose handlers this context works for, and its identity.
+
+``emit`` sets ``current`` while it runs handlers, so the event follows the work exactly where
+context variables go: into tasks a handler starts, into worker threads (``to_thread``) and
+back (``from_thread``), into SQLAlchemy's greenlet bridge. Nothing here reads the call stack.
+
+An ``Event`` knows its name, its cause (``parent``) and its depth in the chain, and when it
+started. Its ids are made from that when first asked for; it never holds the payload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+import structlog
+
+from app.core._errors import InvalidOptionError
+
+__all__ = [
+    "Event",
+    "EventContext",
+    "correlate",
+    "current",
+    "new_event_id",
+]
+
+
+class Labelled(Protocol):
+    """A running handler, as the event sees it."""
+
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventContext:
+    """What ``current_event()`` returns inside a handler: the event it is handling.
+
+    Attributes:
+        name: The event name.
+        event_id: This emit's id (a UUIDv7 string).
+        causation_id: The id of the event whose handler emitted this one; None at the root.
+        correlation_id: Shared by every event of the chain.
+        depth: 1 for a root emit, one more for each emit in the chain above it.
+        handler: The running handler, as ``module.qualname``.
+        occurred_at: When the emit started, an aware UTC datetime.
+    """
+
+    name: str
+    event_id: str
+    causation_id: str | None
+    correlation_id: str
+    depth: int
+    handler: str
+    occurred_at: datetime
+
+    def log_keys(self) -> dict[str, Any]:
+        """The keys a log line inside this handler carries (``causation_id`` only if set)."""
+        keys: dict[str, Any] = {"event_name": self.name, "event_id": self.event_id}
+        if self.causation_id is not None:
+            keys["causation_id"] = self.causation_id
+        keys["correlation_id"] = self.correlation_id
+        keys["handler"] = self.handler
+        return keys
+
+
+class Event:
+    """One emit as the work done for it sees it: name, cause, depth, start, running handler.
+
+    ``handler`` is the registration the emit is running now (set by the delivery loop). The
+    ids are made on first use from the start time, so an event nobody asks about costs no id.
+    """
+
+    __slots__ = ("_caller", "_correlation_id", "_id", "depth", "handler", "name", "ns", "parent")
+
+    def __init__(self, name: str, parent: Event | None, depth: int) -> None:
+        self.name = name
+        self.parent = parent
+        self.depth = depth
+        self.ns = time.time_ns()
+        self.handler: Labelled | None = None
+        # A root event takes its correlation id from its caller's context, read when needed.
+        self._caller = contextvars.copy_context() if parent is None else None
+
+    @property
+    def event_id(self) -> str:
+        """This emit's id, a UUIDv7 string made from its start time on first use."""
+        try:
+            return self._id
+        except AttributeError:
+            self._id: str = new_event_id(self.ns)
+            return self._id
+
+    @property
+    def causation_id(self) -> str | None:
+        """The id of the event whose work emitted this one, or None at the root."""
+        return None if self.parent is None else self.parent.event_id
+
+    @property
+    def correlation_id(self) -> str:
+        """The chain's id: the root's caller's (``correlate``, or a bound structlog key), else
+        the root event's own id."""
+        try:
+            return self._correlation_id
+        except AttributeError:
+            if self.parent is not None:
+                found: str | None = self.parent.correlation_id
+            else:
+                caller, self._caller = self._caller, None
+                found = None if caller is None else caller.run(_callers_correlation_id)
+            self._correlation_id: str = found or self.event_id
+            return self._correlation_id
+
+    @property
+    def occurred_at(self) -> datetime:
+        """When the emit started, an aware UTC datetime."""
+        return datetime.fromtimestamp(self.ns / 1e9, UTC)
+
+    @property
+    def handler_label(self) -> str:
+        """The running handler's ``module.qualname``; empty before the first one starts."""
+        return "" if self.handler is None else self.handler.label
+
+    def context(self) -> EventContext:
+        """This event as ``current_event()`` shows it."""
+        return EventContext(
+            name=self.name,
+            event_id=self.event_id,
+            causation_id=self.causation_id,
+            correlation_id=self.correlation_id,
+            depth=self.depth,
+            handler=self.handler_label,
+            occurred_at=self.occurred_at,
+        )
+
+    def ids(self) -> dict[str, Any]:
+        """The keys naming this event in a log line: ``event_name``, ``event_id``,
+        ``causation_id`` (only if set) and ``correlation_id``."""
+        keys: dict[str, Any] = {"event_name": self.name, "event_id": self.event_id}
+        causation_id = self.causation_id
+        if causation_id is not None:
+            keys["causation_id"] = causation_id
+        keys["correlation_id"] = self.correlation_id
+        return keys
+
+    def log_keys(self, handler: str | None = None) -> dict[str, Any]:
+        """The keys of a log line about ``handler``'s run (the running one by default)."""
+        keys = self.ids()
+        keys["handler"] = self.handler_label if handler is None else handler
+        return keys
+
+
+current: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+    "app.core.events.current", default=None
+)
+"""The event whose work this context is doing, or None."""
+
+_correlation: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "app.core.events.correlation", default=None
+)
+
+correlation_keys: tuple[str, ...] = ("correlation_id", "request_id")
+"""The structlog context keys whose value becomes a new chain's correlation id, first bound
+wins; ``configure_tracing(correlation_keys=...)`` sets it."""
+
+
+@contextlib.contextmanager
+def correlate(correlation_id: str) -> Iterator[None]:
+    """Make ``correlation_id`` the correlation id of every chain started in this block.
+
+    Raises:
+        InvalidOptionError: ``correlation_id`` is not a non-empty ``str``.
+    """
+    if not isinstance(correlation_id, str) or not correlation_id:
+        raise InvalidOptionError(f"correlation_id must be a non-empty str, not {correlation_id!r}.")
+    token = _correlation.set(correlation_id)
+    try:
+        yield
+    finally:
+        _correlation.reset(token)
+
+
+def _callers_correlation_id() -> str | None:
+    explicit = _correlation.get()
+    if explicit is not None:
+        return explicit
+    bound = structlog.contextvars.get_contextvars()
+    for key in correlation_keys:
+        value = bound.get(key)
+        if value is not None:
+            return str(value)
+    return None
+
+
+_random: Final = random.Random()  # noqa: S311 - ids must be unique, not secret
+"""The registry's own generator, seeded from the OS: ``random.seed()`` does not touch it."""
+
+os.register_at_fork(after_in_child=_random.seed)  # a forked child must not repeat its parent
+
+
+def new_event_id(ns: int | None = None) -> str:
+    """A new UUIDv7 (RFC 9562) string: 48 bits of Unix milliseconds (``ns``, or now), then
+    74 bits from the registry's own generator; unique across processes, sortable by time.
+
+    They are not secrets: the generator is fast, not cryptographic.
+    """
+    milliseconds = (time.time_ns() if ns is None else ns) // 1_000_000
+    value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80 | _random.getrandbits(80)
+    text = f"{value & ~_VERSION_AND_VARIANT | _V7:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_VERSION_AND_VARIANT: Final = 0xF << 76 | 0b11 << 62
+_V7: Final = 0x7 << 76 | 0b10 << 62
