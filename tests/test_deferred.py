@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from uuid import UUID
 
 import anyio
 import pytest
 
-from app.core.deferred import BackgroundEmitter, EmitterClosedError, deferred_events
+from app.core.deferred import (
+    BackgroundEmitter,
+    EmitterClosedError,
+    ScopeClosedError,
+    deferred_events,
+)
 from app.core.events import PayloadError, UnknownEventError, emit, on
+from app.core.tracing import configure_tracing
 
 pytestmark = pytest.mark.anyio
 
@@ -254,3 +261,125 @@ async def test_shutdown_cancels_what_outlives_the_grace_period_and_says_so(regis
             "grace_period": 0.05,
         }
     ]
+
+
+@pytest.fixture(params=["plain", "traced"])
+def mode(request):
+    """Tracing off, and on (the plugin restores the default)."""
+    if request.param == "traced":
+        configure_tracing(bind_context=True, slow_after=60)
+    return request.param
+
+
+@contextlib.contextmanager
+def scope_open_in_another_thread():
+    """Keep a deferral scope open in another thread for the block."""
+    ready, done = threading.Event(), threading.Event()
+
+    async def hold():
+        async with deferred_events():
+            ready.set()
+            await anyio.to_thread.run_sync(done.wait)
+
+    thread = threading.Thread(target=anyio.run, args=(hold,))
+    thread.start()
+    ready.wait(5)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+
+
+async def test_an_emit_from_a_task_that_outlives_a_committed_scope_is_delivered(delivered, mode):
+    """A task started in a scope that emits after the scope committed delivers at once."""
+    with scope_open_in_another_thread():
+        async with anyio.create_task_group() as group:
+            emitted = anyio.Event()
+            go = anyio.Event()
+
+            async def late():
+                await go.wait()
+                await emit("order.shipped", order_id=2)
+                emitted.set()
+
+            async with deferred_events():
+                group.start_soon(late)
+                await emit("order.placed", order_id=1)
+            assert delivered == [("placed", 1)]
+            go.set()
+            await emitted.wait()
+    assert delivered == [("placed", 1), ("shipped", 2)]
+
+
+async def test_an_emit_from_a_task_that_outlives_a_discarded_scope_raises(delivered, mode):
+    """After the scope rolled back, a late emit of its task raises ScopeClosedError."""
+    errors = []
+    go = anyio.Event()
+    async with anyio.create_task_group() as group:
+
+        async def late():
+            await go.wait()
+            try:
+                await emit("order.shipped", order_id=2)
+            except ScopeClosedError as error:
+                errors.append(str(error))
+
+        async def rolled_back():
+            async with deferred_events():
+                group.start_soon(late)
+                raise RuntimeError("rollback")
+
+        with pytest.raises(RuntimeError):
+            await rolled_back()
+        go.set()
+    assert delivered == []
+    assert errors == [
+        "cannot emit 'order.shipped': the deferred_events() scope it belongs to was discarded "
+        "(the block raised RuntimeError), so the work it announces did not happen. Emit from "
+        "inside the scope, or open a new one."
+    ]
+
+
+async def test_a_late_emit_goes_to_the_enclosing_scope_while_it_is_open(delivered):
+    """A task of a finished inner scope emits into the outer one, still open."""
+    go, emitted = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as group, deferred_events() as outer:
+
+        async def late():
+            await go.wait()
+            await emit("order.shipped", order_id=2)
+            emitted.set()
+
+        async with deferred_events():
+            group.start_soon(late)
+            await emit("order.placed", order_id=1)
+        go.set()
+        await emitted.wait()
+        assert outer.names == ["order.placed", "order.shipped"]
+        assert delivered == []
+    assert delivered == [("placed", 1), ("shipped", 2)]
+
+
+async def test_emit_soon_inside_a_scope_waits_for_its_commit(delivered, mode):
+    """``emit_soon`` in a unit of work is delivered in the background after the commit, and
+    dropped with the scope's other events on a rollback."""
+    with scope_open_in_another_thread():
+        async with BackgroundEmitter() as emitter:
+            async with deferred_events():
+                emitter.emit_soon("order.placed", order_id=1)
+                await emit("order.shipped", order_id=1)
+                await emitter.join()
+                assert delivered == []
+            await emitter.join()
+            assert sorted(delivered) == [("placed", 1), ("shipped", 1)]
+
+            async def rolled_back():
+                async with deferred_events():
+                    emitter.emit_soon("order.placed", order_id=2)
+                    raise RuntimeError("rollback")
+
+            with pytest.raises(RuntimeError):
+                await rolled_back()
+            await emitter.join()
+    assert ("placed", 2) not in delivered

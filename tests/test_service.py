@@ -15,6 +15,7 @@ from app import db
 from app.business import notify
 from app.business.hr import services as hr_services
 from app.core.events import on
+from app.core.logging import add_event_context
 from app.web.service import create_app
 
 # SQLAlchemy's async engine and uvicorn run on asyncio only. anyio's runner keeps a fixture's
@@ -63,7 +64,9 @@ async def service(tmp_path):
 def log_records(restore_structlog):
     """Log records with the context variables merged in, as the service logs them."""
     capture = structlog.testing.LogCapture()
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, add_event_context, capture]
+    )
     return capture.entries
 
 
@@ -95,7 +98,7 @@ async def test_the_happy_path_delivers_after_the_response(service):
     employee = response.json()
     assert employee == {"id": 1, "name": "Ada Lovelace", "department_id": 7, "status": "onboarding"}
     assert len(response.headers["x-request-id"]) == 32
-    assert (await service.client.get("/outbox")).json() == []  # not delivered yet
+    assert service.app.state.emitter.pending == ["employee.created"]  # delivery still going
     gate.set()
     await service.settle()
 
@@ -277,3 +280,25 @@ async def test_start_up_fails_fast_when_the_catalogue_does_not_hold(tmp_path):
     with pytest.raises(CatalogueError, match=r"did you mean 'employee\.created'"):
         async with app.router.lifespan_context(app):
             pass
+
+
+async def test_a_route_emitting_soon_inside_its_unit_of_work_delivers_after_the_commit(service):
+    """A route calling ``app.state.emitter.emit_soon`` inside the request's scope answers, and
+    the handler runs once the request's work committed."""
+    ran = []
+
+    @on("employee.created")
+    async def record(**kwargs):
+        ran.append(kwargs["employee_id"])
+
+    @service.app.post("/poke")
+    async def poke() -> dict[str, bool]:
+        service.app.state.emitter.emit_soon(
+            "employee.created", employee_id=99, department_id=1, created_by=1
+        )
+        return {"queued": True}
+
+    response = await service.client.post("/poke")
+    assert response.status_code == 200
+    await service.settle()
+    assert ran == [99]

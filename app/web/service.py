@@ -116,7 +116,7 @@ def create_app(
         load_business_packages()
         verify()
         await db.open_database(database_url or db.database_url())
-        tracing_before = configure_tracing(bind_context=True, slow_after=slow_handler_after)
+        tracing_before = configure_tracing(slow_after=slow_handler_after)
         try:
             async with BackgroundEmitter(grace_period=grace_period) as emitter:
                 app.state.emitter = emitter

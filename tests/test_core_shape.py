@@ -1,0 +1,103 @@
+"""The core's shape: no import cycle, nothing read off the call stack, options that undo."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from app.core import _pipeline, catalogue
+from app.core.events import emit, on
+
+ROOT = Path(__file__).resolve().parents[1] / "app"
+CORE = ROOT / "core"
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The ``app.core`` modules ``path`` imports when it is imported (not under
+    ``if TYPE_CHECKING``, not inside functions)."""
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "app.core":
+                found |= {f"app.core.{alias.name}" for alias in node.names}
+            elif node.module.startswith("app.core."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("app.core.")}
+    return found
+
+
+def test_core_modules_import_each_other_without_a_cycle():
+    """The graph of module-level imports between core modules has no cycle."""
+    graph = {f"app.core.{p.stem}": runtime_imports(p) for p in CORE.glob("*.py")}
+    graph = {module: deps & graph.keys() for module, deps in graph.items()}
+    visiting, done = set(), set()
+
+    def visit(module, path):
+        assert module not in visiting, f"import cycle: {' -> '.join([*path, module])}"
+        if module in done:
+            return
+        visiting.add(module)
+        for dependency in sorted(graph[module]):
+            visit(dependency, [*path, module])
+        visiting.discard(module)
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+@pytest.mark.parametrize("folder", ["core", "testing"])
+def test_nothing_is_read_off_the_call_stack(folder):
+    """No frame or code-object tricks in the core or the test plugin."""
+    pattern = re.compile(r"_getframe|f_locals|f_back|f_code|__code__ is|currentframe")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / folder).glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
+
+
+@pytest.mark.anyio
+async def test_a_step_and_a_wrapper_apply_until_their_undo(registry, declare_event):
+    """Installing a step or a delivery wrapper returns the undo that removes it again."""
+    declare_event("order.placed")
+    calls = []
+    on("order.placed")(lambda **kwargs: calls.append("handler"))
+
+    def wrapper(inner):
+        async def around(name, kwargs, event, entries):
+            calls.append("before")
+            await inner(name, kwargs, event, entries)
+            calls.append("after")
+
+        return around
+
+    undo_wrapper = _pipeline.wrap_delivery("test", wrapper)
+    try:
+        await emit("order.placed")
+    finally:
+        undo_wrapper()
+    await emit("order.placed")
+    assert calls == ["before", "handler", "after", "handler"]
+
+
+def test_type_checks_install_and_remove_one_step():
+    """``check_payload_types`` installs its step once and takes it out again."""
+    before = catalogue.payload_types_checked()
+    try:
+        catalogue.check_payload_types(False)
+        assert "types" not in _pipeline._steps
+        catalogue.check_payload_types(True)
+        catalogue.check_payload_types(True)
+        assert "types" in _pipeline._steps
+        catalogue.check_payload_types(False)
+        assert "types" not in _pipeline._steps
+    finally:
+        catalogue.check_payload_types(before)
