@@ -114,7 +114,7 @@ class Event:
                 found: str | None = self.parent.correlation_id
             else:
                 caller, self._caller = self._caller, None
-                found = None if caller is None else caller.run(_callers_correlation_id)
+                found = None if caller is None else _callers_correlation_id(caller)
             self._correlation_id: str = found or self.event_id
             return self._correlation_id
 
@@ -187,16 +187,32 @@ def correlate(correlation_id: str) -> Iterator[None]:
         _correlation.reset(token)
 
 
-def _callers_correlation_id() -> str | None:
-    explicit = _correlation.get()
+def _callers_correlation_id(caller: contextvars.Context) -> str | None:
+    """The correlation id the context ``caller`` carries: ``correlate()``'s, else the first
+    of ``correlation_keys`` bound in structlog's context vars, else None."""
+    explicit = caller.get(_correlation)
     if explicit is not None:
         return explicit
-    bound = structlog.contextvars.get_contextvars()
-    for key in correlation_keys:
-        value = bound.get(key)
-        if value is not None:
-            return str(value)
-    return None
+    wanted = _structlog_names
+    best: tuple[int, str] | None = None
+    for var, value in caller.items():
+        rank = wanted.get(var.name)
+        unbound = value is None or value is Ellipsis  # Ellipsis: structlog's "not bound"
+        if rank is not None and not unbound and (best is None or rank < best[0]):
+            best = (rank, str(value))
+    return None if best is None else best[1]
+
+
+def set_correlation_keys(keys: tuple[str, ...]) -> None:
+    """Make ``keys`` the structlog context keys a new chain takes its correlation id from."""
+    global correlation_keys, _structlog_names
+    correlation_keys = keys
+    _structlog_names = {_STRUCTLOG_PREFIX + key: rank for rank, key in enumerate(keys)}
+
+
+_STRUCTLOG_PREFIX: Final = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_structlog_names: dict[str, int] = {}
+set_correlation_keys(correlation_keys)
 
 
 _random: Final = random.Random()  # noqa: S311 - ids must be unique, not secret
@@ -213,7 +229,7 @@ def new_event_id(ns: int | None = None) -> str:
     """
     milliseconds = (time.time_ns() if ns is None else ns) // 1_000_000
     value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80 | _random.getrandbits(80)
-    text = f"{value & ~_VERSION_AND_VARIANT | _V7:032x}"
+    text = (value & ~_VERSION_AND_VARIANT | _V7).to_bytes(16).hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 

@@ -151,7 +151,7 @@ def _apply(settings: TracingSettings) -> None:
     """Make ``settings`` the ones in force; the caller holds ``_settings_lock``."""
     global _settings, _undo_wrapper
     _settings = settings
-    _context.correlation_keys = settings.correlation_keys
+    _context.set_correlation_keys(settings.correlation_keys)
     if _undo_wrapper is not None:
         _undo_wrapper()
         _undo_wrapper = None
