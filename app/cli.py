@@ -16,6 +16,7 @@ import anyio
 
 import app
 from app.bootstrap import load_business_packages
+from app.core._describe import plural
 from app.core.catalogue_doc import diff, render_markdown, render_table
 from app.core.events import verify
 from app.core.logging import configure_logging
@@ -90,10 +91,11 @@ def _serve(*, host: str, port: int, json: bool) -> int:
 
 
 def _demo(*, json: bool) -> int:
+    from app.demo import register_handlers, run_demo
+
     configure_logging(json=json)
     load_business_packages()
-    from app.demo import run_demo  # registers the demo's own handler
-
+    register_handlers()
     verify()
     anyio.run(run_demo)
     return 0
@@ -101,16 +103,20 @@ def _demo(*, json: bool) -> int:
 
 def _events(action: str, *, root: Path, file: Path) -> int:
     if not root.is_dir():
-        print(f"{root} is not a directory", file=sys.stderr)
+        print(
+            f"{root} is not a directory. Pass the package directory to scan with --root.",
+            file=sys.stderr,
+        )
         return 2
     found = scan(root)
     if action == "show":
         sys.stdout.write(render_table(found))
         return 0
     expected = render_markdown(found)
+    events = len({d.name for d in found.declarations})
     if action == "write":
         file.write_text(expected, encoding="utf-8")
-        print(f"wrote {file}: {len({d.name for d in found.declarations})} event(s)")
+        print(f"Wrote {file}: {plural(events, 'event')}.")
         return 0
     problems = check(found)
     current = file.read_text(encoding="utf-8") if file.exists() else ""
@@ -123,11 +129,12 @@ def _events(action: str, *, root: Path, file: Path) -> int:
         print(f"{file} is stale; `python -m app events write` regenerates it. Differences:")
         sys.stdout.write(diff(current, expected, str(file)))
     if problems or stale:
-        total = len(problems) + stale
-        print(f"\nevents check failed: {total} problem(s)")
+        print(f"\nevents check failed: {plural(len(problems) + stale, 'problem')}.")
         return 1
     print(
-        f"events check passed: {len(found.declarations)} declaration(s), "
-        f"{len(found.emits)} emit site(s), {len(found.handlers)} handler(s); {file} is current"
+        f"events check passed: {plural(events, 'event')}, "
+        f"{plural(len(found.emits), 'emit site')}, "
+        f"{plural(len(found.registrations), 'handler')} registered at start-up; "
+        f"{file} is current."
     )
     return 0
