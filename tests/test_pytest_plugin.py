@@ -356,11 +356,11 @@ def test_a_handler_on_an_undeclared_event_fails_the_run_at_collection(project):
     result.stderr.fnmatch_lines(
         [
             "ERROR: event catalogue check failed after collection:",
-            "2 problem(s) between the handlers and the event catalogue:",
+            "2 problems between the handlers and the event catalogue:",
             "- listeners.typo * handles 'order.plcaed', which is not declared "
-            "(did you mean 'order.placed'*)",
+            "(did you mean 'order.placed'*)*",
             "- listeners.wrong * takes 'customer', which is not a field of 'order.placed' "
-            "(fields: order_id, total)",
+            "(fields: order_id, total).",
         ]
     )
 
