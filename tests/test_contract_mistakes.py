@@ -316,6 +316,28 @@ def test_an_emit_handed_on_uncalled_is_reported(tmp_path):
     ]
 
 
+def test_an_event_declared_in_a_package_nobody_imported():
+    """UnknownEventError says where the event is declared and what to import."""
+    (declaration,) = [d for d in scan().declarations if d.name == "employee.created"]
+    script = """
+import anyio
+from app.utils import emit
+try:
+    anyio.run(lambda: emit("employee.created", employee_id=1, department_id=2, created_by=3))
+except LookupError as error:
+    print(error)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout == (
+        "event 'employee.created' is not declared. It is declared at "
+        f"{declaration.site}, in {declaration.module}, which is not imported. Import "
+        "app.business.hr, or call app.bootstrap.load_business_packages() first, as start-up "
+        "does.\n"
+    )
+
+
 def test_registration_order_follows_the_imports(tmp_path):
     """Handlers are listed in the order imports run them, not in file order, as at run time."""
     handler = """\
