@@ -1,8 +1,8 @@
-"""The command line.
+"""The command line: ``python -m app [--json] [COMMAND]``.
 
-``python -m app serve`` runs the reference service; ``python -m app`` (or ``demo``) runs the
-demo scenario; ``python -m app events`` prints the event catalogue, ``events check`` checks it
-and EVENTS.md, ``events write`` regenerates EVENTS.md.
+``serve`` runs the reference service; ``demo`` (the default) runs the demo scenario;
+``events`` prints the event catalogue, ``events check`` checks the source against it and
+EVENTS.md, ``events write`` regenerates EVENTS.md.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import anyio
 
 import app
 from app.bootstrap import load_business_packages
+from app.core._describe import plural
 from app.core.catalogue_doc import diff, render_markdown, render_table
 from app.core.events import verify
 from app.core.logging import configure_logging
@@ -24,6 +25,28 @@ from app.core.scan import check, scan
 __all__ = ["main"]
 
 _SOURCE = Path(app.__file__).resolve().parent
+
+_DESCRIPTION = """\
+The reference HR service around an in-process event registry, its demo scenario, and the
+tools of its event catalogue. With no command, runs the demo.
+"""
+
+_EVENTS_DESCRIPTION = """\
+Read the source statically (importing nothing from it) and act on the event catalogue: every
+declare(), every emit (emit, BackgroundEmitter.emit_soon and their aliases) and every handler
+(@on), and which handlers start-up registers.
+
+actions:
+  show    print the catalogue as a table: each event with its source, fields, number of
+          emit sites and of handlers, and purpose (the default)
+  check   check the source and EVENTS.md, print each problem as path:line with how to fix
+          it, and exit 1 if there is any: undeclared or malformed event names, payloads that
+          differ from the declaration, handlers that cannot be registered (no **kwargs, a
+          required positional-only parameter) or that start-up never imports, parameters
+          that are not fields, declared events nothing emits, and a stale EVENTS.md (with a
+          diff); exit 0 and a summary otherwise
+  write   regenerate EVENTS.md from the source
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,35 +63,56 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description=_DESCRIPTION,
+        epilog="`python -m app COMMAND --help` describes a command and its options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--json",
         action="store_true",
         default=os.environ.get("APP_LOG_JSON", "") not in ("", "0"),
         help="log JSON lines instead of console lines (or set APP_LOG_JSON=1)",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     serve = commands.add_parser(
         "serve",
-        help="run the reference HR service",
+        help="serve the reference HR service over HTTP with uvicorn",
         description="Serve the HR reference service with uvicorn. The database is "
         "APP_DATABASE_URL, or the SQLite file app.db in the working directory.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
-    commands.add_parser("demo", help="run the demo scenario (the default command)")
+    commands.add_parser(
+        "demo",
+        help="run a short HR scenario on an in-memory database, one failing handler "
+        "included (the default command)",
+        description="Run a short HR scenario on an in-memory database: the business "
+        "packages' handlers write the welcome mail and the audit trail, and the demo's own "
+        "handler fails and is isolated.",
+    )
     events = commands.add_parser(
         "events",
-        help="show, check or write the event catalogue",
-        description="Show the event catalogue (default), check it and EVENTS.md, or write "
-        "EVENTS.md. Reads the source statically; imports nothing from it.",
+        help="show, check or write the event catalogue and EVENTS.md, reading the source "
+        "statically",
+        description=_EVENTS_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    events.add_argument("action", nargs="?", choices=["show", "check", "write"], default="show")
+    events.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "check", "write"],
+        default="show",
+        metavar="ACTION",
+        help="show (the default), check or write: see actions above",
+    )
     events.add_argument(
         "--root",
         type=Path,
         default=_SOURCE,
-        help="the package directory to scan (default: this app's)",
+        help="the package directory to scan; start-up is its bootstrap module and the "
+        "packages in its business folder (default: this app's)",
     )
     events.add_argument(
         "--file",
@@ -90,10 +134,11 @@ def _serve(*, host: str, port: int, json: bool) -> int:
 
 
 def _demo(*, json: bool) -> int:
+    from app.demo import register_handlers, run_demo
+
     configure_logging(json=json)
     load_business_packages()
-    from app.demo import run_demo  # registers the demo's own handler
-
+    register_handlers()
     verify()
     anyio.run(run_demo)
     return 0
@@ -101,16 +146,20 @@ def _demo(*, json: bool) -> int:
 
 def _events(action: str, *, root: Path, file: Path) -> int:
     if not root.is_dir():
-        print(f"{root} is not a directory", file=sys.stderr)
+        print(
+            f"{root} is not a directory. Pass the package directory to scan with --root.",
+            file=sys.stderr,
+        )
         return 2
     found = scan(root)
     if action == "show":
         sys.stdout.write(render_table(found))
         return 0
     expected = render_markdown(found)
+    events = len({d.name for d in found.declarations})
     if action == "write":
         file.write_text(expected, encoding="utf-8")
-        print(f"wrote {file}: {len({d.name for d in found.declarations})} event(s)")
+        print(f"Wrote {file}: {plural(events, 'event')}.")
         return 0
     problems = check(found)
     current = file.read_text(encoding="utf-8") if file.exists() else ""
@@ -123,11 +172,12 @@ def _events(action: str, *, root: Path, file: Path) -> int:
         print(f"{file} is stale; `python -m app events write` regenerates it. Differences:")
         sys.stdout.write(diff(current, expected, str(file)))
     if problems or stale:
-        total = len(problems) + stale
-        print(f"\nevents check failed: {total} problem(s)")
+        print(f"\nevents check failed: {plural(len(problems) + stale, 'problem')}.")
         return 1
     print(
-        f"events check passed: {len(found.declarations)} declaration(s), "
-        f"{len(found.emits)} emit site(s), {len(found.handlers)} handler(s); {file} is current"
+        f"events check passed: {plural(events, 'event')}, "
+        f"{plural(len(found.emits), 'emit site')}, "
+        f"{plural(len(found.registrations), 'handler')} registered at start-up; "
+        f"{file} is current."
     )
     return 0

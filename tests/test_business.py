@@ -15,6 +15,8 @@ from app.business.hr import (
     create_employee,
     get_employee,
 )
+from app.business.hr import services as hr_services
+from app.core import events
 from app.core.events import handlers
 
 
@@ -24,6 +26,26 @@ async def database(tmp_path):
     await db.open_database(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
     yield
     await db.close_database()
+
+
+def test_patching_app_utils_emit_misses_modules_that_imported_it(monkeypatch):
+    """``from app.utils import emit`` bound the real emit: patching app.utils does not reach it."""
+
+    async def fake_emit(name, /, **kwargs):
+        return None
+
+    monkeypatch.setattr("app.utils.emit", fake_emit)
+    assert hr_services.emit is events.emit
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.events_mute("employee.created")
+async def test_muting_reaches_every_emit(events_recorder):
+    """Muted, an emit is checked and recorded, but notify's handler (it needs a database) does
+    not run."""
+    await hr_services.emit("employee.created", employee_id=1, department_id=7, created_by=1)
+    assert events_recorder.assert_emitted_once("employee.created", employee_id=1).muted
 
 
 def test_importing_the_packages_registers_their_handlers():

@@ -67,3 +67,43 @@ def test_json_logs_can_be_chosen_by_environment():
     result = run_app(env={"APP_LOG_JSON": "1"})
     assert result.returncode == 0, result.stderr
     assert all(line.startswith("{") for line in result.stdout.splitlines())
+
+
+def test_help_describes_every_command():
+    """``--help`` names each command with what it does, and how to get more."""
+    result = run_app("--help")
+    assert result.returncode == 0
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    text = " ".join(lines)
+    for command, what in [
+        ("serve", "serve the reference HR service over HTTP with uvicorn"),
+        ("demo", "run a short HR scenario on an in-memory database, one failing handler included"),
+        ("events", "show, check or write the event catalogue and EVENTS.md"),
+    ]:
+        assert f"{command} {what}" in text
+    assert "`python -m app COMMAND --help` describes a command and its options." in text
+    assert "--json log JSON lines instead of console lines (or set APP_LOG_JSON=1)" in text
+
+
+def test_events_help_describes_every_action():
+    """``events --help`` describes show, check and write, and every option."""
+    result = run_app("events", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "usage: python -m app events [-h] [--root ROOT] [--file FILE] [ACTION]" in text
+    for action, what in [
+        ("show", "print the catalogue as a table"),
+        ("check", "check the source and EVENTS.md, print each problem as path:line"),
+        ("write", "regenerate EVENTS.md from the source"),
+    ]:
+        assert f"{action} {what}" in text
+    assert "ACTION show (the default), check or write" in text
+    assert "--root ROOT the package directory to scan" in text
+    assert "--file FILE EVENTS.md to check or write" in text
+
+
+def test_an_unknown_action_lists_the_choices():
+    """A mistyped action exits 2 naming the choices."""
+    result = run_app("events", "chek")
+    assert result.returncode == 2
+    assert "invalid choice: 'chek' (choose from 'show', 'check', 'write')" in result.stderr

@@ -111,10 +111,9 @@ async def test_worker_threads_and_calls_back_carry_the_event(registry, mode):
     assert (invoice_.causation_id, invoice_.depth) == (order.event_id, 2)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # asyncio's own function
 async def test_asyncio_to_thread_carries_the_event(registry):
     """``asyncio.to_thread`` copies the context, so the worker thread sees the event."""
-    if _on_trio():
-        pytest.skip("asyncio.to_thread needs asyncio")
     seen = []
 
     @on("order.placed")
@@ -127,19 +126,10 @@ async def test_asyncio_to_thread_carries_the_event(registry):
     assert seen[1] == seen[0]
 
 
-def _on_trio():
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return True
-    return False
-
-
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # SQLAlchemy's async is asyncio's
 async def test_sqlalchemys_greenlet_bridge_carries_the_event(registry):
     """Code SQLAlchemy runs in its greenlet (ORM listeners during ``await flush()``) sees the
     event, and so does its log line."""
-    if _on_trio():
-        pytest.skip("SQLAlchemy's async bridge runs on asyncio only")
     seen = []
 
     def listener():
@@ -253,11 +243,10 @@ async def test_a_hop_through_a_thread_and_back_stops_at_the_limit(registry, logs
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.eager_task_factory is 3.12+")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_the_eager_task_factory_changes_nothing(registry, logs):
     """With eager tasks, a task started by a handler works for its event from its first line,
     emits one deeper, and nothing is left behind for later tasks."""
-    if _on_trio():
-        pytest.skip("the eager task factory is asyncio's")
     loop = asyncio.get_running_loop()
     loop.set_task_factory(asyncio.eager_task_factory)
     try:

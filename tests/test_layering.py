@@ -24,9 +24,12 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_the_reference_packages_exist():
-    """hr, notify and audit are the business packages."""
-    assert PACKAGES == ["audit", "hr", "notify"]
+def test_start_up_imports_every_business_package_in_name_order():
+    """load_business_packages imports each package found in app/business, by name."""
+    from app.bootstrap import load_business_packages
+
+    assert PACKAGES, "no business package found"
+    assert load_business_packages() == [f"app.business.{name}" for name in PACKAGES]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -130,3 +130,24 @@ async def test_str_subclass_names_work(declare_event):
     await emit("employee.created", employee_id=2)
     await emit(Names.UNHANDLED)
     assert calls == [{"employee_id": 1}, {"employee_id": 2}]
+
+
+def test_the_message_states_the_rule_and_the_name_written_by_it(registry):
+    """A malformed name's error says the rule, and what the name would be by it when plain."""
+    with pytest.raises(EventNameError) as caught:
+        on("Employee.StatusChanged")
+    assert str(caught.value) == (
+        "invalid event name 'Employee.StatusChanged'. Rename it to follow the convention: an "
+        "event name is '<aggregate>.<verb>': two lowercase ASCII snake_case words joined by one "
+        "dot, each starting with a letter, at most 100 characters (e.g. 'employee.created'). "
+        "Did you mean 'employee.status_changed'?"
+    )
+
+
+def test_a_name_that_is_not_a_str_is_named_by_its_value(registry):
+    """The type error shows the value given, and how to fix it."""
+    with pytest.raises(EventNameTypeError) as caught:
+        on(42)
+    assert str(caught.value).startswith(
+        "event name must be a str, not int (42). Pass the name as a str: an event name is "
+    )

@@ -228,12 +228,13 @@ def test_a_swallowed_handler_failure_fails_the_test(project):
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
-            "*1 event handler failure(s) were swallowed by emit during the test call:",
+            "*1 event handler failure was swallowed by emit during the test call:",
             "*handler orders.send_confirmation failed on 'order.placed':",
             "*Traceback (most recent call last):",
             '*raise ValueError(f"no order {order_id}")',
             "*ValueError: no order -1",
-            "*Expect them with `with expect_handler_failure(name, ErrorType):`*",
+            "*Expect a failure with `with expect_handler_failure(name, ErrorType):`*"
+            "@pytest.mark.events_mute(name) or the events_mute fixture*",
         ]
     )
 
@@ -356,11 +357,11 @@ def test_a_handler_on_an_undeclared_event_fails_the_run_at_collection(project):
     result.stderr.fnmatch_lines(
         [
             "ERROR: event catalogue check failed after collection:",
-            "2 problem(s) between the handlers and the event catalogue:",
+            "2 problems between the handlers and the event catalogue:",
             "- listeners.typo * handles 'order.plcaed', which is not declared "
-            "(did you mean 'order.placed'*)",
+            "(did you mean 'order.placed'*)*",
             "- listeners.wrong * takes 'customer', which is not a field of 'order.placed' "
-            "(fields: order_id, total)",
+            "(fields: order_id, total).",
         ]
     )
 

@@ -19,6 +19,7 @@ is in force (the test fixtures turn it on); key checks are always on.
 from __future__ import annotations
 
 import difflib
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from app.core import _pipeline
 from app.core._errors import CatalogueError, EventsError, PayloadError, UnknownEventError
 from app.core._names import check_name, name_error
+from app.core._source import BOOTSTRAP_MODULE, find_declaration
 
 if TYPE_CHECKING:
     from app.core._context import Event
@@ -243,7 +245,8 @@ def unknown_event_error(name: object) -> EventsError:
     """Return the error for an ``emit`` of a name the catalogue does not have.
 
     That is EventNameTypeError or EventNameError for a malformed name, else UnknownEventError
-    with the closest declared names as suggestions.
+    with the closest declared names as suggestions; when the application's source declares the
+    name in a module nobody imported, the message says where, and what to import.
     """
     error = name_error(name)
     if error is not None:
@@ -252,10 +255,29 @@ def unknown_event_error(name: object) -> EventsError:
     suggestions = suggest(name)
     hint = _hint(suggestions)
     return UnknownEventError(
-        f"event {name!r} is not declared{'; ' + hint if hint else ''} Declare it with "
-        "app.core.events.declare() in the events module of the package that emits it",
+        f"event {name!r} is not declared{'; ' + hint if hint else '.'} {_how_to_declare(name)}",
         event_name=name,
         suggestions=suggestions,
+    )
+
+
+def _how_to_declare(name: str) -> str:
+    """Where the application's source declares ``name`` in a module nobody imported, and how
+    to import it; else how to declare it."""
+    found = find_declaration(name)
+    if found is None or found[0].module in sys.modules:
+        return (
+            "Declare it with app.core.events.declare() in the events module of the package "
+            "that emits it."
+        )
+    declaration, source = found
+    where = f"It is declared at {declaration.site}, in {declaration.module}, which is not imported"
+    if declaration.module not in source.startup:
+        return f"{where}, and {source.never_imported(declaration.module)}"
+    package = source.business_package_of(declaration.module) or declaration.module
+    return (
+        f"{where}. Import {package}, or call "
+        f"{source.package}.{BOOTSTRAP_MODULE}.load_business_packages() first, as start-up does."
     )
 
 

@@ -17,13 +17,16 @@ _HEADER = """\
 Every event a business package publishes, read from its `declare(...)` in the package's
 `events` module, with every place that emits it and every handler, found by a static scan of
 the source. `python -m app events check` fails (in CI too) when this file is stale, when an
-emit or a handler does not match a declaration, or when a declared event is never emitted.
+emit or a handler does not match a declaration, when a handler cannot be registered or
+start-up never imports it, or when a declared event is never emitted.
 
 Naming: {convention}.
 
 Handlers take the payload as keyword arguments and must accept `**kwargs`, so that a field
-can be added without breaking anyone. They run one after another, in registration order,
-listed below in the order the packages are imported (by package name, then file, then line).
+can be added without breaking anyone. They run one after another, in registration order.
+Listed below are the handlers start-up registers, in that order: `load_business_packages()`
+imports the business packages by name, and each module runs its imports and registrations
+from top to bottom. Handlers registered at run time (the demo's, say) are not listed.
 """
 
 
@@ -58,7 +61,7 @@ def render_table(found: Scan) -> str:
                 d.source,
                 ", ".join(fields) or "-",
                 str(sum(e.name == d.name for e in found.emits)),
-                str(sum(h.name == d.name for h in found.handlers)),
+                str(sum(h.name == d.name for h in found.registrations)),
                 purpose,
             )
         )
@@ -104,7 +107,7 @@ def _section(declaration: Declaration, found: Scan) -> str:
     emits = [e for e in found.emits if e.name == name]
     lines += ["", "Emitted at:"]
     lines += [f"- `{e.site}`" for e in emits] or ["- (nowhere)"]
-    handlers = [h for h in found.handlers if h.name == name]
+    handlers = [h for h in found.registrations if h.name == name]
     lines += ["", "Handlers, in registration order:"]
     lines += [f"- `{h.label}` (`{h.site}`)" for h in handlers] or ["- (none)"]
     return "\n".join(lines) + "\n"

@@ -354,7 +354,9 @@ def verify() -> None:
     Reports every problem at once: handlers of undeclared events (with the closest declared
     names), handler parameters that are not fields of their event (the payload arrives as
     keyword arguments, so such a parameter would never be filled), and parameters without a
-    default for fields that are only optional.
+    default for fields that are only optional. It also reports handlers that are in the source
+    (of each application package that registered handlers) but never registered, saying why
+    (most often: nothing imports their module at start-up).
 
     Raises:
         CatalogueError: one or more problems; ``problems`` lists them, one line each.

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from app.core import _pipeline, catalogue, events, tracing
+from app.core._describe import plural
 from app.core.events import CatalogueError, verify
 from app.testing._state import EventRecorder, HandlerFailure, TestEvents
 
@@ -63,14 +66,56 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the markers and load the modules of ``events_import``."""
+    """Register the markers and load the modules of ``events_import``.
+
+    Raises:
+        pytest.UsageError: loading one failed (a handler that cannot be registered, a
+            malformed event name, any import error); the message says where and why.
+    """
     for line in _MARKERS:
         config.addinivalue_line("markers", line)
     for spec in config.getini("events_import"):
         module_name, _, function = spec.partition(":")
-        module = importlib.import_module(module_name)
-        if function:
-            getattr(module, function)()
+        try:
+            module = importlib.import_module(module_name)
+            if function:
+                getattr(module, function)()
+        except Exception as error:
+            raise pytest.UsageError(_load_failure(spec, error, config.rootpath)) from None
+
+
+def _load_failure(spec: str, error: Exception, rootpath: Path) -> str:
+    """One clean report of an ``events_import`` entry that failed: where, what, how to fix."""
+    where = _where(error)
+    if where is not None:
+        path, line = where
+        with contextlib.suppress(ValueError):
+            path = str(Path(path).resolve().relative_to(rootpath))
+        where_text = f" at {path}:{line}"
+    else:
+        where_text = ""
+    return (
+        f"events_import {spec!r} failed{where_text}:\n{type(error).__name__}: {error}\n"
+        "Fix that code and run again: the tests cannot run until the modules that register "
+        "handlers import cleanly."
+    )
+
+
+def _where(error: Exception) -> tuple[str, int] | None:
+    """The place in the project's code that raised ``error``: the innermost frame outside the
+    registry and this plugin (for a syntax error, the place it points at)."""
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        return error.filename, error.lineno
+    skipped = (
+        str(Path(events.__file__).parent),
+        str(Path(importlib.__file__).parent),
+        __file__,
+        "<",
+    )
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if not frame.filename.startswith(skipped) and frame.lineno is not None:
+            return frame.filename, frame.lineno
+    return None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -194,14 +239,16 @@ def _fail_on_failures(state: TestEvents, *, when: str) -> None:
     lines = []
     if unexpected:
         lines.append(
-            f"{len(unexpected)} event handler failure(s) were swallowed by emit "
-            f"during the test {when}:"
+            f"{plural(len(unexpected), 'event handler failure')} "
+            f"{'was' if len(unexpected) == 1 else 'were'} swallowed by emit during the test {when}:"
         )
         lines += [failure.describe() for failure in unexpected]
         lines.append(
-            "Expect them with `with expect_handler_failure(name, ErrorType):` or "
-            "@pytest.mark.events_expect_failure(name, ErrorType), or mark the test "
-            "@pytest.mark.events_lenient."
+            "Expect a failure with `with expect_handler_failure(name, ErrorType):` or "
+            "@pytest.mark.events_expect_failure(name, ErrorType); mute the event with "
+            "@pytest.mark.events_mute(name) or the events_mute fixture when its handlers cannot "
+            "run in this test (they need a database the test does not have, say); or mark the "
+            "test @pytest.mark.events_lenient."
         )
     lines += [
         f"expected a handler of {name!r} to fail with {error.__name__}; none did"
