@@ -134,6 +134,8 @@ name's list instead of mutating it, so the list ``emit`` holds is its snapshot.
 """
 
 _registry_lock = threading.Lock()
+_current: Final = _context.current
+_deferral: Final = _pipeline.deferral
 
 
 def on(
@@ -257,7 +259,7 @@ async def emit(name: str, /, **kwargs: Any) -> None:
     event = admit(name, kwargs)
     if event is None:
         return
-    deferral = _pipeline.deferral.get()
+    deferral = _deferral.get()
     if deferral is None or not deferral.defer(name, kwargs, event):
         await _pipeline.deliver(name, kwargs, event, _handlers.get(name, ()))
 
@@ -275,7 +277,7 @@ def admit(name: str, kwargs: dict[str, Any]) -> Event | None:
         raise catalogue.unknown_event_error(name) from None
     if len(kwargs) != declaration.size or not declaration.required.issuperset(kwargs):
         catalogue.check_payload(declaration, kwargs)
-    parent = _context.current.get()
+    parent = _current.get()
     depth = 1 if parent is None else parent.depth + 1
     if depth > MAX_DEPTH:
         raise EventRecursionError(
@@ -299,7 +301,7 @@ async def _deliver(
 ) -> None:
     """The delivery loop: run each handler in order as work done for ``event``, isolating
     each one's ``Exception`` (logged once); every other ``BaseException`` propagates."""
-    token = _context.current.set(event)
+    token = _current.set(event)
     try:
         for registration in entries:
             event.handler = registration
@@ -313,7 +315,7 @@ async def _deliver(
             except Exception as exc:
                 _log_failure(event, registration.label, exc)
     finally:
-        _context.current.reset(token)
+        _current.reset(token)
 
 
 _pipeline.set_delivery(_deliver)
