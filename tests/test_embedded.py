@@ -14,7 +14,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
+from app import db
 from app.db import embedded
 
 # A process that uses the server of the folder given as its argument: it prints what it got,
@@ -234,3 +236,22 @@ def test_a_server_that_cannot_start_says_how_to_use_a_url_instead(folder):
     )
     assert caught.value.folder == folder
     assert not (folder / "state.json").exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # psycopg's async connections: asyncio
+async def test_without_a_url_the_database_is_the_embedded_server(folder, monkeypatch):
+    """open_database() with APP_DATABASE_URL unset starts ./.app-postgres; closing stops it."""
+    monkeypatch.delenv("APP_DATABASE_URL")
+    monkeypatch.chdir(folder.parent)
+    await db.open_database()
+    try:
+        async with db.transaction() as session:
+            tables = set((await session.scalars(text("SELECT tablename FROM pg_tables"))).all())
+            directory = await session.scalar(text("SHOW data_directory"))
+        postmaster_pid = state(folder)["postmaster_pid"]
+    finally:
+        await db.close_database()
+    assert tables >= set(db.Base.metadata.tables) > set()
+    assert Path(directory) == folder / "data"
+    assert stopped(folder, postmaster_pid)
