@@ -165,15 +165,19 @@ def start(
         EmbeddedPostgresError: the server could not be started.
     """
     folder = folder.resolve()
-    account = _server_account(folder)
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-        if account is not None:
-            _reachable_by_others(folder, self_too=True)
-            _reachable_by_others(_binaries(folder), self_too=True)
     except OSError as error:
-        raise EmbeddedPostgresError(f"cannot prepare {folder}: {error}", folder=folder) from error
+        raise EmbeddedPostgresError(f"cannot make {folder}: {error}", folder=folder) from error
     with _locked(folder):
+        account = _server_account(folder)  # under the lock: concurrent useradds clash
+        if account is not None:
+            try:
+                _reachable_by_others(folder, self_too=True)
+                _reachable_by_others(_binaries(folder), self_too=True)
+            except OSError as error:
+                message = f"cannot open the way to {folder} for {SERVER_USER}: {error}"
+                raise EmbeddedPostgresError(message, folder=folder) from error
         state = _read_state(folder)
         users = [pid for pid in _users(state) if _alive(pid)]
         postmaster = _answering(folder)
