@@ -80,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the reference HR service over HTTP with uvicorn",
         description="Serve the HR reference service with uvicorn. The database is "
-        "APP_DATABASE_URL, or the SQLite file app.db in the working directory.",
+        "APP_DATABASE_URL (postgresql+psycopg://user:password@host:port/name), or an embedded "
+        "PostgreSQL whose data lives in .app-postgres/ in the working directory, started "
+        "with the service (or shared, if one already runs there) and stopped with it.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")

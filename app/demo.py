@@ -3,10 +3,11 @@
 The command imports the business packages (their ``@on`` handlers register on import), then
 ``register_handlers()`` registers the demo's own handler, one that always fails: at run time,
 so it is the demo's and not the service's (EVENTS.md lists only the service's handlers).
-``run_demo()`` runs an HR scenario over an in-memory SQLite database. Each unit of work
-commits before its events are delivered (``app.db.unit_of_work``); the welcome mail and the
-audit trail are written by handlers in other packages; the failing handler is logged and
-isolated.
+``run_demo()`` runs an HR scenario over the service's database (``APP_DATABASE_URL``, or the
+embedded PostgreSQL in ``./.app-postgres/``). Each unit of work commits before its events are
+delivered (``app.db.unit_of_work``); the welcome mail and the audit trail are written by
+handlers in other packages; the failing handler is logged and isolated. It shows the mail and
+audit rows of the employee it made, whatever else is stored.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ __all__ = ["refresh_headcount_dashboard", "register_handlers", "run_demo"]
 
 log = structlog.get_logger(__name__)
 
-DEMO_DATABASE_URL = "sqlite+aiosqlite:///:memory:"
-
 
 def refresh_headcount_dashboard(**_: Any) -> None:
     """Stand for an integration that is down: it always raises, and emit isolates it."""
@@ -39,7 +38,7 @@ def register_handlers() -> None:
 
 async def run_demo() -> None:
     """Create an employee, move it through two statuses, and log what the handlers did."""
-    await db.open_database(DEMO_DATABASE_URL)
+    await db.open_database()
     try:
         async with db.unit_of_work() as session:
             employee = await create_employee(
@@ -50,17 +49,17 @@ async def run_demo() -> None:
             async with db.unit_of_work() as session:
                 await change_status(session, employee.id, to_state=to_state, actor_id=actor_id)
         async with db.transaction() as session:
-            for mail in await notify.list_outbox(session):
-                log.info(
-                    "outbox", employee_id=mail.employee_id, subject=mail.subject, body=mail.body
-                )
-            for entry in await audit.list_audit(session):
-                log.info(
-                    "audit trail",
-                    employee_id=entry.employee_id,
-                    from_state=entry.from_state,
-                    to_state=entry.to_state,
-                    actor_id=entry.actor_id,
-                )
+            mails = [m for m in await notify.list_outbox(session) if m.employee_id == employee.id]
+            entries = [e for e in await audit.list_audit(session) if e.employee_id == employee.id]
+        for mail in mails:
+            log.info("outbox", employee_id=mail.employee_id, subject=mail.subject, body=mail.body)
+        for entry in entries:
+            log.info(
+                "audit trail",
+                employee_id=entry.employee_id,
+                from_state=entry.from_state,
+                to_state=entry.to_state,
+                actor_id=entry.actor_id,
+            )
     finally:
         await db.close_database()

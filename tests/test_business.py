@@ -21,9 +21,9 @@ from app.core.events import handlers
 
 
 @pytest_asyncio.fixture
-async def database(tmp_path):
-    """A fresh SQLite file with every table."""
-    await db.open_database(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+async def database(database_url):
+    """The database, open and empty, with every table."""
+    await db.open_database(database_url)
     yield
     await db.close_database()
 

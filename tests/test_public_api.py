@@ -18,6 +18,7 @@ PUBLIC_MODULES = [
     "app.core.tracing",
     "app.core.logging",
     "app.db",
+    "app.db.embedded",
     "app.web.service",
     "app.web.middleware",
     "app.testing",

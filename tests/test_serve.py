@@ -32,7 +32,8 @@ def wait_until_up(url: str, server: subprocess.Popen[str]) -> None:
 
 
 def test_the_real_server_serves_and_delivers(tmp_path):
-    """Create an employee over HTTP; the mail and the audit row follow; SIGINT stops it."""
+    """With no APP_DATABASE_URL, in an empty folder: the embedded PostgreSQL starts with the
+    service, an employee created over HTTP gets its mail and audit row, and SIGINT stops both."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {key: value for key, value in os.environ.items() if key != "APP_DATABASE_URL"}
@@ -68,7 +69,12 @@ def test_the_real_server_serves_and_delivers(tmp_path):
         server.send_signal(signal.SIGINT)
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0, output
-    assert (tmp_path / "app.db").exists()
+    data = tmp_path / ".app-postgres" / "data"
+    assert (data / "PG_VERSION").exists()
+    assert not (data / "postmaster.pid").exists()  # PostgreSQL removes it when it stops
+    assert not (tmp_path / ".app-postgres" / "state.json").exists()
+    assert '"event": "embedded postgres started"' in output
+    assert '"event": "embedded postgres stopped"' in output
     assert '"event": "welcome mail queued"' in output
     assert '"request_id": ' in output
     assert "Application shutdown complete." in output  # the lifespan ran its shutdown

@@ -1,4 +1,4 @@
-"""The reference service end to end: its real HTTP interface over a real SQLite file."""
+"""The reference service end to end: its real HTTP interface over a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -43,19 +43,15 @@ class Service:
             await self.app.state.emitter.join()
 
 
-def build(tmp_path, **options):
-    return create_app(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}", **options)
-
-
 def client_for(app):
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://service")
 
 
 @pytest.fixture
-async def service(tmp_path):
-    """The service, started (its lifespan entered) over a fresh database file."""
-    app = build(tmp_path, grace_period=2)
+async def service(database_url):
+    """The service, started (its lifespan entered) over an empty database."""
+    app = create_app(database_url, grace_period=2)
     async with app.router.lifespan_context(app), client_for(app) as client:
         yield Service(app, client)
 
@@ -233,9 +229,9 @@ async def test_concurrent_requests_keep_their_events_apart(service, failing_crea
     assert sorted(m["employee_id"] for m in mails) == created
 
 
-async def test_shutdown_waits_for_pending_deliveries(tmp_path):
+async def test_shutdown_waits_for_pending_deliveries(database_url):
     """Leaving the lifespan right after a request still delivers its events."""
-    app = build(tmp_path, grace_period=5)
+    app = create_app(database_url, grace_period=5)
 
     @on("employee.created")
     async def slow(**kwargs):
@@ -244,7 +240,7 @@ async def test_shutdown_waits_for_pending_deliveries(tmp_path):
     async with app.router.lifespan_context(app), client_for(app) as client:
         assert (await client.post("/employees", json=NEW_EMPLOYEE)).status_code == 201
         assert app.state.emitter.pending == ["employee.created"]
-    await db.open_database(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
+    await db.open_database(database_url)
     try:
         async with db.transaction() as session:
             assert len(await notify.list_outbox(session)) == 1
@@ -252,9 +248,9 @@ async def test_shutdown_waits_for_pending_deliveries(tmp_path):
         await db.close_database()
 
 
-async def test_shutdown_past_the_grace_period_logs_what_it_cancels(tmp_path, logs):
+async def test_shutdown_past_the_grace_period_logs_what_it_cancels(database_url, logs):
     """A delivery still running after the grace period is cancelled with a warning naming it."""
-    app = build(tmp_path, grace_period=0.1)
+    app = create_app(database_url, grace_period=0.1)
 
     @on("employee.created")
     async def stuck(**kwargs):
@@ -268,7 +264,7 @@ async def test_shutdown_past_the_grace_period_logs_what_it_cancels(tmp_path, log
     assert warning["log_level"] == "warning"
 
 
-async def test_start_up_fails_fast_when_the_catalogue_does_not_hold(tmp_path):
+async def test_start_up_fails_fast_when_the_catalogue_does_not_hold(database_url):
     """A handler of an undeclared event stops the lifespan with the catalogue report."""
     from app.core.events import CatalogueError
 
@@ -276,7 +272,7 @@ async def test_start_up_fails_fast_when_the_catalogue_does_not_hold(tmp_path):
     async def typo(**kwargs):
         return None
 
-    app = build(tmp_path)
+    app = create_app(database_url)
     with pytest.raises(CatalogueError, match=r"did you mean 'employee\.created'"):
         async with app.router.lifespan_context(app):
             pass

@@ -2,10 +2,10 @@
 
 ``create_app()`` builds the FastAPI application. Its lifespan imports the business packages,
 checks them against the event catalogue (start-up fails with the report if it does not hold),
-opens the database (``APP_DATABASE_URL``, a SQLite file by default), turns tracing on (each
-handler's log lines carry its event, chain and handler; the chain's correlation id is the
-request id) and owns the ``BackgroundEmitter`` that delivers each successful request's events
-after its response.
+opens the database (``APP_DATABASE_URL``, or by default the embedded PostgreSQL in
+``./.app-postgres/``: see ``app.db``), turns tracing on (each handler's log lines carry its
+event, chain and handler; the chain's correlation id is the request id) and owns the
+``BackgroundEmitter`` that delivers each successful request's events after its response.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def create_app(
     """Build the service.
 
     Args:
-        database_url: A SQLAlchemy async URL; ``APP_DATABASE_URL`` or a SQLite file by default.
+        database_url: A PostgreSQL URL (``postgresql+psycopg://...``); by default
+            ``APP_DATABASE_URL``, or the embedded server in ``./.app-postgres/``.
         grace_period: Seconds shutdown waits for pending event deliveries before cancelling
             them (each cancelled one is logged).
         slow_handler_after: Seconds after which a handler run is logged as slow (0: never).
@@ -115,7 +116,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         load_business_packages()
         verify()
-        await db.open_database(database_url or db.database_url())
+        await db.open_database(database_url)
         tracing_before = configure_tracing(slow_after=slow_handler_after)
         try:
             async with BackgroundEmitter(grace_period=grace_period) as emitter:

@@ -1,0 +1,172 @@
+"""The database: PostgreSQL through one SQLAlchemy async engine for the process, and transactions.
+
+Business packages define their tables on ``Base``. Work that emits events runs in
+``unit_of_work()``, so its events wait for the commit; event handlers write in a
+``transaction()`` of their own. (An emit delivered inside an open write transaction would make
+a writing handler wait for that transaction's row locks, which it holds until it commits.)
+The entry point opens the database once (``open_database``) and closes it at shutdown.
+
+The database is ``APP_DATABASE_URL`` or, when that is unset, the embedded server whose data
+lives in ``./.app-postgres/`` (``app.db.embedded``): the first process to open it starts it,
+others in the same folder join it, and the last to close it stops it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase
+
+from app.core.deferred import deferred_events
+
+if TYPE_CHECKING:
+    from app.db.embedded import EmbeddedServer
+
+__all__ = [
+    "Base",
+    "DatabaseNotOpenError",
+    "close_database",
+    "database_url",
+    "open_database",
+    "transaction",
+    "unit_of_work",
+]
+
+_SCHEMA_LOCK: Final = 0x6170705F736368  # advisory lock: concurrent start-ups create tables in turn
+_DRIVERNAMES: Final = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every table."""
+
+
+class DatabaseNotOpenError(RuntimeError):
+    """A transaction was asked for before ``open_database`` (or after ``close_database``)."""
+
+
+_engine: AsyncEngine | None = None
+_sessions: async_sessionmaker[AsyncSession] | None = None
+_server: EmbeddedServer | None = None
+
+
+def database_url() -> str | None:
+    """The URL in ``APP_DATABASE_URL``, or None when it is unset: the embedded server."""
+    return os.environ.get("APP_DATABASE_URL") or None
+
+
+async def open_database(url: str | None = None) -> None:
+    """Create the engine and every table the imported packages define (existing ones are kept).
+
+    Import the business packages first: a table not yet defined is not created.
+
+    Args:
+        url: A PostgreSQL URL, ``postgresql+psycopg://user:password@host:port/name``
+            (``postgresql://`` means the same). None: ``APP_DATABASE_URL``, or when that is
+            unset the embedded server in ``./.app-postgres/``, started or joined.
+
+    Raises:
+        ValueError: ``url`` is not a PostgreSQL URL.
+        app.db.embedded.EmbeddedPostgresError: the embedded server could not start; the message
+            says how to set ``APP_DATABASE_URL`` instead.
+        sqlalchemy.exc.OperationalError: the server cannot be reached.
+    """
+    global _engine, _sessions, _server
+    await close_database()
+    url = url or database_url()
+    server = None
+    if url is None:
+        from app.db import embedded  # POSIX only, and only needed without a URL
+
+        server = await anyio.to_thread.run_sync(embedded.start)
+        url = server.url
+    engine = None
+    opened = False
+    try:
+        engine = create_async_engine(_postgresql(url), pool_pre_ping=True, hide_parameters=True)
+        async with engine.begin() as connection:
+            await connection.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
+            await connection.run_sync(Base.metadata.create_all)
+        opened = True
+    finally:
+        if not opened:
+            with anyio.CancelScope(shield=True):
+                if engine is not None:
+                    await engine.dispose()
+                if server is not None:
+                    await anyio.to_thread.run_sync(server.release)
+    _engine, _server = engine, server
+    _sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def close_database() -> None:
+    """Dispose of the engine, if one is open, and leave the embedded server if it used one.
+
+    The last process to leave the embedded server stops it; that step runs even when the
+    caller is being cancelled.
+    """
+    global _engine, _sessions, _server
+    engine, _engine, _sessions = _engine, None, None
+    server, _server = _server, None
+    try:
+        if engine is not None:
+            await engine.dispose()
+    finally:
+        if server is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(server.release)
+
+
+def _postgresql(url: str) -> URL:
+    """``url`` as the engine takes it: PostgreSQL through psycopg 3.
+
+    Raises:
+        ValueError: it is not a PostgreSQL URL.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise ValueError(f"not a database URL: {error}") from error
+    if parsed.drivername not in _DRIVERNAMES:
+        raise ValueError(
+            f"the database must be PostgreSQL through psycopg 3 "
+            f"(postgresql+psycopg://user:password@host:port/name), not {parsed.drivername}"
+        )
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[AsyncSession]:
+    """A session in its own transaction: committed when the block ends, rolled back if it raises.
+
+    Raises:
+        DatabaseNotOpenError: the database is not open.
+    """
+    if _sessions is None:
+        raise DatabaseNotOpenError("the database is not open; call app.db.open_database() first")
+    async with _sessions.begin() as session:
+        yield session
+
+
+@asynccontextmanager
+async def unit_of_work() -> AsyncIterator[AsyncSession]:
+    """A transaction whose events are delivered only once it has committed.
+
+    Events emitted inside are checked at once and queued (``deferred_events``): a rollback
+    drops them; inside an enclosing deferral scope they go on to wait for that one.
+    """
+    async with deferred_events(), transaction() as session:
+        yield session
