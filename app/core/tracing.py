@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -171,29 +171,38 @@ def _spans(provider: Any) -> Spans:
 
 def _traced_delivery(settings: TracingSettings) -> Callable[[_pipeline.Deliver], _pipeline.Deliver]:
     """The wrapper of the delivery loop for ``settings``: each handler runs as a traced
-    handler, and the emit in its span."""
-    traced: weakref.WeakKeyDictionary[Registration, _TracedHandler] = weakref.WeakKeyDictionary()
+    handler, and the emit in its span. The traced handlers of a registration list are made
+    once per list (the registry replaces a name's list when it changes)."""
+    made: dict[int, tuple[Sequence[Any], list[_TracedHandler]]] = {}
     spans = settings.spans
+
+    def traced(entries: Sequence[Any]) -> list[_TracedHandler]:
+        found = made.get(id(entries))
+        if found is not None and found[0] is entries:
+            return found[1]
+        if len(made) >= _MADE_LIMIT:
+            made.clear()
+        handlers = [_TracedHandler(registration, settings) for registration in entries]
+        made[id(entries)] = (entries, handlers)
+        return handlers
 
     def wrap(inner: _pipeline.Deliver) -> _pipeline.Deliver:
         async def deliver_traced(
             name: str, kwargs: dict[str, Any], event: Event, entries: Sequence[Any]
         ) -> None:
-            wrapped = []
-            for registration in entries:
-                handler = traced.get(registration)
-                if handler is None:
-                    handler = traced[registration] = _TracedHandler(registration, settings)
-                wrapped.append(handler)
             if spans is None:
-                await inner(name, kwargs, event, wrapped)
+                await inner(name, kwargs, event, traced(entries))
                 return
             with spans.emit(event):
-                await inner(name, kwargs, event, wrapped)
+                await inner(name, kwargs, event, traced(entries))
 
         return deliver_traced
 
     return wrap
+
+
+_MADE_LIMIT: Final = 1024
+"""How many registration lists traced delivery keeps its traced handlers for."""
 
 
 class _TracedHandler:
@@ -202,47 +211,58 @@ class _TracedHandler:
     Its failures propagate to the delivery loop, which logs them as for any handler.
     """
 
-    __slots__ = ("awaits", "bind", "call", "label", "registration", "spans", "threshold")
+    __slots__ = ("awaits", "bind", "call", "inner", "label", "spans", "threshold")
 
     def __init__(self, registration: Registration, settings: TracingSettings) -> None:
-        self.registration = registration
         self.label = registration.label
         self.awaits = True
         self.bind = settings.bind_context
         self.spans = settings.spans
         # A handler's own threshold is timed by its registration.
         self.threshold = settings.slow_after if registration.slow_after is None else None
+        self.inner: Callable[..., Any] = (
+            registration.call
+            if registration.awaits
+            else functools.partial(_run_plain, registration)
+        )
         self.call = self.run
 
     async def run(self, **kwargs: Any) -> None:
-        event = _context.current.get()
         bindings = None
-        if self.bind and event is not None:
-            bindings = bind_event_keys(event, self.label)
+        if self.bind:
+            bindings = bind_event_keys(_current_event(), self.label)
         try:
-            if self.spans is None or event is None:
-                await self._timed(kwargs)
-                return
-            with self.spans.handler(event, self.label) as span:
-                try:
-                    await self._timed(kwargs)
-                except Exception as error:
-                    self.spans.failed(span, error)
-                    raise
+            started = time.perf_counter()
+            try:
+                if self.spans is None:
+                    await self.inner(**kwargs)
+                else:
+                    with self.spans.handler(_current_event(), self.label) as span:
+                        try:
+                            await self.inner(**kwargs)
+                        except Exception as error:
+                            self.spans.failed(span, error)
+                            raise
+            except Exception:
+                if self.threshold:
+                    warn_if_slow(self.label, started, self.threshold)
+                raise
+            if self.threshold:
+                warn_if_slow(self.label, started, self.threshold)
         finally:
             if bindings is not None:
                 restore_bindings(bindings)
 
-    async def _timed(self, kwargs: dict[str, Any]) -> None:
-        started = time.perf_counter()
-        try:
-            await run_handler(self.registration, kwargs)
-        except Exception:
-            if self.threshold:
-                warn_if_slow(self.label, started, self.threshold)
-            raise
-        if self.threshold:
-            warn_if_slow(self.label, started, self.threshold)
+
+async def _run_plain(registration: Registration, /, **kwargs: Any) -> None:
+    await run_handler(registration, kwargs)
+
+
+def _current_event() -> Event:
+    """The event the delivery loop is running (traced handlers run only inside it)."""
+    event = _context.current.get()
+    assert event is not None  # noqa: S101 - the loop sets it before calling any handler
+    return event
 
 
 def bind_event_keys(event: Event, handler: str) -> contextvars.Context:
