@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import shutil
@@ -81,9 +82,18 @@ def database_url(session_database_url):
 
 
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Run every anyio-marked test on asyncio and on trio."""
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Run every anyio-marked test on asyncio and on trio; with ``APP_TEST_EAGER_TASKS=1``
+    (Python 3.12+), asyncio's loop starts tasks eagerly (``asyncio.eager_task_factory``)."""
+    if request.param == "asyncio" and os.environ.get("APP_TEST_EAGER_TASKS") == "1":
+        return ("asyncio", {"loop_factory": _eager_loop})
     return request.param
+
+
+def _eager_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)
+    return loop
 
 
 @pytest.fixture
