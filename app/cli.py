@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             args.action, root=args.root, file=args.file or args.root.parent / "EVENTS.md"
         )
     if args.command == "serve":
-        return _serve(host=args.host, port=args.port, json=args.json)
+        return _serve(args)
     return _demo(json=args.json)
 
 
@@ -86,6 +88,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    serve.add_argument(
+        "--max-body-size",
+        type=int,
+        default=_env("APP_MAX_BODY_SIZE", int, 1024 * 1024),
+        metavar="BYTES",
+        help="answer 413 to a request body larger than this "
+        "(default: %(default)s, or APP_MAX_BODY_SIZE)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=_env("APP_BODY_TIMEOUT", float, 30.0),
+        metavar="SECONDS",
+        help="answer 408 to a request whose body is not sent in full within this "
+        "(default: %(default)s, or APP_BODY_TIMEOUT)",
+    )
+    serve.add_argument(
+        "--grace-period",
+        type=float,
+        default=_env("APP_GRACE_PERIOD", float, 10.0),
+        metavar="SECONDS",
+        help="on SIGINT or SIGTERM, wait up to this for requests in flight, then as long "
+        "for event deliveries, then cancel and log what is left; a second signal stops "
+        "waiting (default: %(default)s, or APP_GRACE_PERIOD)",
+    )
+    serve.add_argument(
+        "--statement-timeout",
+        type=float,
+        default=_env("APP_STATEMENT_TIMEOUT", float, 5.0),
+        metavar="SECONDS",
+        help="fail a database statement, or a wait for a lock, that lasts longer "
+        "(default: %(default)s, or APP_STATEMENT_TIMEOUT)",
+    )
+    serve.add_argument(
+        "--trust-request-id",
+        action=argparse.BooleanOptionalAction,
+        default=_env("APP_TRUST_REQUEST_ID", _yes, False),
+        help="take a client's X-Request-ID as the request and correlation id; otherwise "
+        "make one and log the client's as client_request_id (default: %(default)s, or "
+        "APP_TRUST_REQUEST_ID=1)",
+    )
     commands.add_parser(
         "demo",
         help="run a short HR scenario on an in-memory database, one failing handler "
@@ -125,13 +168,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(*, host: str, port: int, json: bool) -> int:
-    import uvicorn
+_T = TypeVar("_T")
 
+
+def _env(name: str, parse: Callable[[str], _T], default: _T) -> _T:
+    value = os.environ.get(name, "")
+    return parse(value) if value else default
+
+
+def _yes(value: str) -> bool:
+    return value.lower() not in ("0", "false", "no", "off")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from app.web import server
     from app.web.service import create_app
 
-    configure_logging(json=json)
-    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+    configure_logging(json=args.json)
+    app = create_app(
+        grace_period=args.grace_period,
+        trust_request_id=args.trust_request_id,
+        max_body_size=args.max_body_size,
+        body_timeout=args.body_timeout,
+        statement_timeout=args.statement_timeout,
+    )
+    server.run(app, host=args.host, port=args.port, grace_period=args.grace_period)
     return 0
 
 

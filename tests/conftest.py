@@ -1,4 +1,5 @@
-"""Shared fixtures: one PostgreSQL, both anyio backends, a clean registry, captured log records."""
+"""Shared fixtures: one PostgreSQL, both anyio backends, a clean registry, captured log records,
+the reference service."""
 
 from __future__ import annotations
 
@@ -9,18 +10,25 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import psycopg
 import pytest
 import structlog
+from fastapi import FastAPI
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from app.core import catalogue, events
 from app.core.catalogue import EventSpec
+from app.core.logging import add_event_context
 from app.db import embedded
+from app.web.service import create_app
 
 FAST_AND_UNSAFE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 """Settings for the test server: a crash may lose its data, which the tests throw away anyway."""
@@ -140,6 +148,54 @@ def restore_structlog() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+@dataclass
+class Service:
+    app: FastAPI
+    client: httpx.AsyncClient
+
+    async def settle(self) -> None:
+        """Wait until every event delivery started so far has finished."""
+        with anyio.fail_after(5):
+            await self.app.state.emitter.join()
+
+
+def client_for(app):
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://service")
+
+
+@asynccontextmanager
+async def running(database_url, **options):
+    """The service built with ``options``, started (its lifespan entered), and its client."""
+    app = create_app(database_url, **{"grace_period": 2, **options})
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        yield Service(app, client)
+
+
+@pytest.fixture
+async def service(database_url):
+    """The service, started (its lifespan entered) over an empty database."""
+    async with running(database_url) as service:
+        yield service
+
+
+@pytest.fixture
+async def trusting_service(database_url):
+    """The service set to trust its clients' X-Request-ID, over an empty database."""
+    async with running(database_url, trust_request_id=True) as service:
+        yield service
+
+
+@pytest.fixture
+def log_records(restore_structlog):
+    """Log records with the context variables merged in, as the service logs them."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, add_event_context, capture]
+    )
+    return capture.entries
 
 
 pytest_plugins = ["pytester"]

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import anyio
 import httpx
 import pytest
-import structlog
-from fastapi import FastAPI
+from conftest import client_for
 
 from app import db
 from app.business import notify
 from app.business.hr import services as hr_services
 from app.core.events import on
-from app.core.logging import add_event_context
 from app.web.service import create_app
 
 # SQLAlchemy's async engine and uvicorn run on asyncio only. anyio's runner keeps a fixture's
@@ -30,40 +27,6 @@ def anyio_backend():
 
 
 NEW_EMPLOYEE = {"name": "Ada Lovelace", "department_id": 7, "created_by": 1}
-
-
-@dataclass
-class Service:
-    app: FastAPI
-    client: httpx.AsyncClient
-
-    async def settle(self) -> None:
-        """Wait until every event delivery started so far has finished."""
-        with anyio.fail_after(5):
-            await self.app.state.emitter.join()
-
-
-def client_for(app):
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://service")
-
-
-@pytest.fixture
-async def service(database_url):
-    """The service, started (its lifespan entered) over an empty database."""
-    app = create_app(database_url, grace_period=2)
-    async with app.router.lifespan_context(app), client_for(app) as client:
-        yield Service(app, client)
-
-
-@pytest.fixture
-def log_records(restore_structlog):
-    """Log records with the context variables merged in, as the service logs them."""
-    capture = structlog.testing.LogCapture()
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, add_event_context, capture]
-    )
-    return capture.entries
 
 
 @pytest.fixture
@@ -164,7 +127,7 @@ async def test_client_errors_deliver_nothing_and_name_the_problem(service):
 
 
 async def test_a_failing_handler_changes_nothing_for_the_request(
-    service, log_records, expect_handler_failure
+    trusting_service, log_records, expect_handler_failure
 ):
     """201 as usual, the other handler's mail is written; the failure's log line names the
     request, the event, the chain and the handler, like the lines the handlers log."""
@@ -174,12 +137,12 @@ async def test_a_failing_handler_changes_nothing_for_the_request(
         raise ValueError("dashboard down")
 
     with expect_handler_failure("employee.created", ValueError):
-        response = await service.client.post(
+        response = await trusting_service.client.post(
             "/employees", json=NEW_EMPLOYEE, headers={"x-request-id": "req-3am"}
         )
-        await service.settle()
+        await trusting_service.settle()
     assert response.status_code == 201
-    (mail,) = (await service.client.get("/outbox")).json()
+    (mail,) = (await trusting_service.client.get("/outbox")).json()
     assert mail["correlation_id"] == "req-3am"
     (failure,) = [r for r in log_records if r["event"] == "event handler failed"]
     (queued,) = [r for r in log_records if r["event"] == "welcome mail queued"]
@@ -202,12 +165,36 @@ async def test_a_failing_handler_changes_nothing_for_the_request(
 KEYS = ("request_id", "event_name", "event_id", "correlation_id", "handler")
 
 
-async def test_an_incoming_request_id_is_kept(service):
-    """A sane X-Request-ID from the client is echoed back; an unsafe one is replaced."""
-    kept = await service.client.get("/audit", headers={"x-request-id": "req-42"})
+async def test_a_trusted_request_id_is_kept(trusting_service):
+    """Trusted, a sane X-Request-ID from the client is echoed back; an unsafe one is replaced."""
+    kept = await trusting_service.client.get("/audit", headers={"x-request-id": "req-42"})
     assert kept.headers["x-request-id"] == "req-42"
-    replaced = await service.client.get("/audit", headers={"x-request-id": "a b\\c"})
+    replaced = await trusting_service.client.get("/audit", headers={"x-request-id": "a b\\c"})
     assert replaced.headers["x-request-id"] != "a b\\c"
+    assert len(replaced.headers["x-request-id"]) == 32
+
+
+async def test_an_untrusted_request_id_is_only_logged(service, log_records):
+    """By default a client's X-Request-ID is not the request's: the service makes its own,
+    stores it as the correlation id of the request's events, and logs the client's as
+    client_request_id."""
+    response = await service.client.post(
+        "/employees/1/status",
+        json={"to_state": "active", "actor_id": 1},
+        headers={"x-request-id": "someone-elses-request"},
+    )
+    assert response.status_code == 404
+    created = await service.client.post(
+        "/employees", json=NEW_EMPLOYEE, headers={"x-request-id": "someone-elses-request"}
+    )
+    await service.settle()
+    own = created.headers["x-request-id"]
+    assert own != "someone-elses-request"
+    assert len(own) == 32
+    (mail,) = (await service.client.get("/outbox")).json()
+    assert mail["correlation_id"] == own
+    (queued,) = [r for r in log_records if r["event"] == "welcome mail queued"]
+    assert (queued["request_id"], queued["client_request_id"]) == (own, "someone-elses-request")
 
 
 async def test_concurrent_requests_keep_their_events_apart(service, failing_creations):
@@ -258,9 +245,12 @@ async def test_shutdown_past_the_grace_period_logs_what_it_cancels(database_url,
 
     with anyio.fail_after(5):
         async with app.router.lifespan_context(app), client_for(app) as client:
-            assert (await client.post("/employees", json=NEW_EMPLOYEE)).status_code == 201
+            response = await client.post("/employees", json=NEW_EMPLOYEE)
+            assert response.status_code == 201
     (warning,) = [r for r in logs if r["event"] == "background deliveries cancelled"]
     assert warning["event_names"] == ["employee.created"]
+    assert len(warning["event_ids"]) == 1
+    assert warning["correlation_ids"] == [response.headers["x-request-id"]]
     assert warning["log_level"] == "warning"
 
 

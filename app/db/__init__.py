@@ -68,7 +68,7 @@ def database_url() -> str | None:
     return os.environ.get("APP_DATABASE_URL") or None
 
 
-async def open_database(url: str | None = None) -> None:
+async def open_database(url: str | None = None, *, statement_timeout: float | None = None) -> None:
     """Create the engine and every table the imported packages define (existing ones are kept).
 
     Import the business packages first: a table not yet defined is not created.
@@ -77,6 +77,9 @@ async def open_database(url: str | None = None) -> None:
         url: A PostgreSQL URL, ``postgresql+psycopg://user:password@host:port/name``
             (``postgresql://`` means the same). None: ``APP_DATABASE_URL``, or when that is
             unset the embedded server in ``./.app-postgres/``, started or joined.
+        statement_timeout: Seconds a statement may run, and may wait for a lock, on every
+            session (PostgreSQL's ``statement_timeout`` and ``lock_timeout``); a statement
+            past it fails (``sqlalchemy.exc.OperationalError``). None: no limit.
 
     Raises:
         ValueError: ``url`` is not a PostgreSQL URL.
@@ -96,7 +99,12 @@ async def open_database(url: str | None = None) -> None:
     engine = None
     opened = False
     try:
-        engine = create_async_engine(_postgresql(url), pool_pre_ping=True, hide_parameters=True)
+        engine = create_async_engine(
+            _postgresql(url),
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args=_timeouts(statement_timeout),
+        )
         async with engine.begin() as connection:
             await connection.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
             await connection.run_sync(Base.metadata.create_all)
@@ -128,6 +136,14 @@ async def close_database() -> None:
         if server is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(server.release)
+
+
+def _timeouts(seconds: float | None) -> dict[str, str]:
+    """psycopg's connection arguments that bound every statement and lock wait to ``seconds``."""
+    if seconds is None:
+        return {}
+    milliseconds = max(1, round(seconds * 1000))
+    return {"options": f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}"}
 
 
 def _postgresql(url: str) -> URL:
