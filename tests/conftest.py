@@ -89,7 +89,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> collections.defaultdict[str, list[Any]]:
     """An empty registry and an empty catalogue for this test, swapped in the documented way."""
-    fresh: collections.defaultdict[str, list[Any]] = collections.defaultdict(list)
+    fresh: collections.defaultdict[str, Any] = collections.defaultdict(events.Entries)
     monkeypatch.setattr(events, "_handlers", fresh)
     monkeypatch.setattr(catalogue, "_declared", {})
     return fresh
