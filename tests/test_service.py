@@ -10,10 +10,11 @@ import httpx
 import pytest
 import structlog
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from app import db
-from app.business import notify
 from app.business.hr import services as hr_services
+from app.core import catalogue
 from app.core.events import on
 from app.core.logging import add_event_context
 from app.web.service import create_app
@@ -38,9 +39,21 @@ class Service:
     client: httpx.AsyncClient
 
     async def settle(self) -> None:
-        """Wait until every event delivery started so far has finished."""
-        with anyio.fail_after(5):
+        """Wait until every event delivery started so far has finished, the durable jobs
+        (run by the service's embedded worker) included."""
+        with anyio.fail_after(10):
             await self.app.state.emitter.join()
+            while await unfinished_jobs():  # noqa: ASYNC110 - polls the database
+                await anyio.sleep(0.02)
+
+
+async def unfinished_jobs() -> int:
+    """How many durable jobs wait or run."""
+    async with db.transaction() as session:
+        count = await session.scalar(
+            text("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
+        )
+    return int(count or 0)
 
 
 def client_for(app):
@@ -166,7 +179,7 @@ async def test_client_errors_deliver_nothing_and_name_the_problem(service):
 async def test_a_failing_handler_changes_nothing_for_the_request(
     service, log_records, expect_handler_failure
 ):
-    """201 as usual, the other handler's mail is written; the failure's log line names the
+    """201 as usual, the durable handler's mail is written; the failure's log line names the
     request, the event, the chain and the handler, like the lines the handlers log."""
 
     @on("employee.created")
@@ -182,6 +195,7 @@ async def test_a_failing_handler_changes_nothing_for_the_request(
     (mail,) = (await service.client.get("/outbox")).json()
     assert mail["correlation_id"] == "req-3am"
     (failure,) = [r for r in log_records if r["event"] == "event handler failed"]
+    (announced,) = [r for r in log_records if r["event"] == "new employee announced"]
     (queued,) = [r for r in log_records if r["event"] == "welcome mail queued"]
     event_id = queued["event_id"]
     assert uuid.UUID(event_id).version == 7
@@ -193,8 +207,14 @@ async def test_a_failing_handler_changes_nothing_for_the_request(
         "handler": f"{__name__}.{broken.__qualname__}",
     }
     assert "causation_id" not in failure  # the request's emit starts the chain
-    assert {key: queued[key] for key in KEYS} == {
+    assert {key: announced[key] for key in KEYS} == {
         **{key: failure[key] for key in KEYS},
+        "handler": "app.business.notify.events.announce_new_employee",
+    }
+    # The durable handler ran in the embedded worker: the event's keys, not the request's.
+    assert {key: queued.get(key) for key in KEYS} == {
+        **{key: failure[key] for key in KEYS},
+        "request_id": None,
         "handler": "app.business.notify.events.send_welcome_mail",
     }
 
@@ -230,22 +250,19 @@ async def test_concurrent_requests_keep_their_events_apart(service, failing_crea
 
 
 async def test_shutdown_waits_for_pending_deliveries(database_url):
-    """Leaving the lifespan right after a request still delivers its events."""
+    """Leaving the lifespan right after a request still delivers its in-process events."""
     app = create_app(database_url, grace_period=5)
+    done = []
 
     @on("employee.created")
     async def slow(**kwargs):
         await anyio.sleep(0.2)
+        done.append(kwargs["employee_id"])
 
     async with app.router.lifespan_context(app), client_for(app) as client:
         assert (await client.post("/employees", json=NEW_EMPLOYEE)).status_code == 201
         assert app.state.emitter.pending == ["employee.created"]
-    await db.open_database(database_url)
-    try:
-        async with db.transaction() as session:
-            assert len(await notify.list_outbox(session)) == 1
-    finally:
-        await db.close_database()
+    assert done == [1]
 
 
 async def test_shutdown_past_the_grace_period_logs_what_it_cancels(database_url, logs):
@@ -278,20 +295,29 @@ async def test_start_up_fails_fast_when_the_catalogue_does_not_hold(database_url
             pass
 
 
-async def test_a_route_emitting_soon_inside_its_unit_of_work_delivers_after_the_commit(service):
+@pytest.fixture
+def poked_event(monkeypatch):
+    """A test event with no durable handler (emit_soon refuses those), declared for the test."""
+    monkeypatch.setattr(catalogue, "_declared", dict(catalogue._declared))
+    catalogue.declare(
+        "employee.poked", source="tests", payload={"employee_id": int}, purpose="a test event"
+    )
+
+
+async def test_a_route_emitting_soon_inside_its_unit_of_work_delivers_after_the_commit(
+    poked_event, service
+):
     """A route calling ``app.state.emitter.emit_soon`` inside the request's scope answers, and
     the handler runs once the request's work committed."""
     ran = []
 
-    @on("employee.created")
+    @on("employee.poked")
     async def record(**kwargs):
         ran.append(kwargs["employee_id"])
 
     @service.app.post("/poke")
     async def poke() -> dict[str, bool]:
-        service.app.state.emitter.emit_soon(
-            "employee.created", employee_id=99, department_id=1, created_by=1
-        )
+        service.app.state.emitter.emit_soon("employee.poked", employee_id=99)
         return {"queued": True}
 
     response = await service.client.post("/poke")

@@ -5,11 +5,14 @@ checks them against the event catalogue (start-up fails with the report if it do
 opens the database (``APP_DATABASE_URL``, or by default the embedded PostgreSQL in
 ``./.app-postgres/``: see ``app.db``), turns tracing on (each handler's log lines carry its
 event, chain and handler; the chain's correlation id is the request id) and owns the
-``BackgroundEmitter`` that delivers each successful request's events after its response.
+``BackgroundEmitter`` that delivers each successful request's events after its response. It
+also gives the process durable delivery (``app.durable.running``: procrastinate's tables, the
+transport, and one embedded worker unless ``APP_WORKER=off``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Final, TypeVar
@@ -19,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import db
+from app import db, durable
 from app.bootstrap import load_business_packages
 from app.business import audit, notify
 from app.business.hr import (
@@ -119,7 +122,10 @@ def create_app(
         await db.open_database(database_url)
         tracing_before = configure_tracing(slow_after=slow_handler_after)
         try:
-            async with BackgroundEmitter(grace_period=grace_period) as emitter:
+            async with (
+                durable.running(worker=os.environ.get("APP_WORKER", "on") != "off"),
+                BackgroundEmitter(grace_period=grace_period) as emitter,
+            ):
                 app.state.emitter = emitter
                 yield
         finally:

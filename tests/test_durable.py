@@ -1,0 +1,244 @@
+"""Durable handlers on procrastinate over the real PostgreSQL: enqueue in the business
+transaction, the inbox, dead letters and retries, and real worker processes killed with -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from durable_helpers import HANDLER_ID, Mark, register
+from sqlalchemy import select, text
+
+from app import db, durable
+from app.business import notify
+from app.business.hr import create_employee
+from app.core.durable import DurableDeliveryError
+from app.core.events import emit, on
+
+pytestmark = pytest.mark.anyio
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def anyio_backend():
+    """Durable delivery is procrastinate's, on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def queue(database_url):
+    """The database, open and empty, with durable delivery and no worker: the procrastinate app."""
+    await db.open_database(database_url)
+    try:
+        async with durable.running() as app:
+            yield app
+    finally:
+        await db.close_database()
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """The file the tests' durable handler appends each run to (here and in workers)."""
+    path = tmp_path / "runs.txt"
+    path.touch()
+    monkeypatch.setenv("TEST_RUNS_FILE", str(path))
+    monkeypatch.setenv("APP_DURABLE_BACKOFF", "0")
+    return path
+
+
+def started(runs: Path) -> list[str]:
+    """The ``start <event_id> <pid>`` lines written so far."""
+    return runs.read_text().splitlines()
+
+
+async def scalar(query: str) -> int:
+    async with db.transaction() as session:
+        return int(await session.scalar(text(query)) or 0)
+
+
+async def create(count: int = 1) -> list[int]:
+    """Create ``count`` employees, each in its own unit of work; return their ids."""
+    ids = []
+    for index in range(count):
+        async with db.unit_of_work() as session:
+            employee = await create_employee(
+                session, name=f"e{index}", department_id=7, created_by=1
+            )
+            ids.append(employee.id)
+    return ids
+
+
+async def marks() -> list[tuple[int, str, int]]:
+    async with db.transaction() as session:
+        rows = await session.execute(select(Mark.employee_id, Mark.event_id, Mark.pid))
+        return sorted(tuple(row) for row in rows)
+
+
+async def eventually(check, within: float) -> None:
+    """Wait until the async ``check()`` is true, at most ``within`` seconds."""
+    with anyio.fail_after(within):
+        while not await check():  # noqa: ASYNC110 - polls the database
+            await anyio.sleep(0.1)
+
+
+@contextmanager
+def worker_process(tmp_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker process (``python -m app worker`` with the tests' handler), killed at
+    the end if still running."""
+    log = (tmp_path / f"worker-{time.monotonic_ns()}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, str(TESTS / "durable_worker.py"), *args],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        log.close()
+
+
+async def test_a_rollback_leaves_no_job_and_a_commit_one_per_durable_handler(queue):
+    """Jobs are written in the business transaction: none after a rollback, one per durable
+    handler after the commit, carrying the event's ids."""
+    register()
+    with pytest.raises(RuntimeError, match="after the emit"):  # noqa: PT012 - the whole unit
+        async with db.unit_of_work() as session:
+            await create_employee(session, name="Ada", department_id=7, created_by=1)
+            raise RuntimeError("fails after the emit")
+    assert await scalar("SELECT count(*) FROM procrastinate_jobs") == 0
+    [employee_id] = await create()
+    async with db.transaction() as session:
+        rows = await session.execute(
+            text("SELECT status::text, args->'job' FROM procrastinate_jobs ORDER BY id")
+        )
+        jobs = [tuple(row) for row in rows]
+    assert [(status, job["handler_id"]) for status, job in jobs] == [
+        ("todo", "notify.welcome_mail"),
+        ("todo", HANDLER_ID),
+    ]
+    assert {job["event_id"] for _, job in jobs} == {jobs[0][1]["correlation_id"]}
+    assert jobs[0][1]["payload"] == {
+        "employee_id": employee_id,
+        "department_id": 7,
+        "created_by": 1,
+    }
+
+
+async def test_a_durable_emit_outside_a_unit_of_work_is_refused(queue):
+    """With the transport installed but no transaction open, emit raises before any handler."""
+    ran = []
+    on("employee.created")(lambda **kwargs: ran.append(kwargs))
+    with pytest.raises(DurableDeliveryError) as caught:
+        await emit("employee.created", employee_id=1, department_id=7, created_by=1)
+    assert str(caught.value) == (
+        "cannot emit 'employee.created' outside a unit of work: its durable handlers "
+        "(notify.welcome_mail) get jobs written in the emitter's transaction. Emit inside "
+        "`async with app.db.unit_of_work():`."
+    )
+    assert ran == []
+    assert await scalar("SELECT count(*) FROM procrastinate_jobs") == 0
+
+
+async def test_a_job_run_again_after_its_commit_skips_the_handler(queue, runs):
+    """The inbox: a job whose run committed but was not marked done (a crash in between) runs
+    again without running the handler, so its database effect stays single."""
+    register()
+    [employee_id] = await create()
+    await durable.work(queue, wait=False)
+    [(_, event_id, _)] = await marks()
+    assert await scalar("SELECT count(*) FROM durable_inbox") == 2
+    await scalar("UPDATE procrastinate_jobs SET status = 'todo' RETURNING 1")  # the crash
+    await durable.work(queue, wait=False)
+    assert await scalar("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'") == 0
+    assert [line.split()[1] for line in started(runs)] == [event_id]
+    assert [m[:2] for m in await marks()] == [(employee_id, event_id)]
+    async with db.transaction() as session:
+        assert len(await notify.list_outbox(session)) == 1
+
+
+async def test_a_worker_process_runs_the_jobs_of_another_process(queue, runs, tmp_path):
+    """`python -m app worker` (here with the tests' handler) joins the same database and runs
+    the jobs this process enqueued, as work done for the original event; SIGTERM stops it."""
+    register()
+    employee_ids = await create(3)
+    with worker_process(tmp_path) as worker:
+        await eventually(lambda: _count_marks(3), within=20)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    async with db.transaction() as session:
+        rows = await session.execute(
+            text(
+                "SELECT args->'job' FROM procrastinate_jobs WHERE args->'job'->>'handler_id' = :id"
+            ),
+            {"id": HANDLER_ID},
+        )
+        enqueued = sorted((job["payload"]["employee_id"], job["event_id"]) for (job,) in rows)
+    found = await marks()
+    assert [(employee_id, event_id) for employee_id, event_id, _ in found] == enqueued
+    assert [employee_id for employee_id, _ in enqueued] == employee_ids
+    assert {pid for _, _, pid in found} == {worker.pid}
+    assert sorted(line.split()[1] for line in started(runs)) == sorted(e for _, e in enqueued)
+    assert await _jobs_left() == 0
+
+
+async def _count_marks(expected: int) -> bool:
+    return len(await marks()) >= expected
+
+
+async def _jobs_left() -> int:
+    return await scalar("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
+
+
+async def test_a_handler_failing_every_time_becomes_a_dead_letter_and_retry_delivers_it(
+    queue, runs, tmp_path, monkeypatch
+):
+    """A job failing each run runs exactly max_attempts times, shows in `events dead` with its
+    error and attempts; once fixed, `events retry --all` delivers it once."""
+    failing = tmp_path / "fail"
+    failing.touch()
+    monkeypatch.setenv("TEST_FAIL_FILE", str(failing))
+    register(max_attempts=3)
+    await create()
+    await durable.work(queue, wait=False)
+    assert len(started(runs)) == 3
+    dead = run_app("events", "dead")
+    assert dead.returncode == 0, dead.stderr
+    [job_id] = [line.split()[1].rstrip(":") for line in dead.stdout.splitlines() if "job " in line]
+    assert f"job {job_id}: {HANDLER_ID} for employee.created (event " in dead.stdout
+    assert "), 3 attempts, last failed " in dead.stdout
+    assert ": ConnectionError: mark server down\n" in dead.stdout
+    assert "    ConnectionError: mark server down" in dead.stdout  # the traceback summary
+    assert dead.stdout.endswith("1 dead letter.\n")
+    jobs = run_app("events", "jobs")
+    assert "failed     1\nsucceeded  1\n2 durable jobs; oldest waiting: none\n" in jobs.stdout
+    failing.unlink()
+    retried = run_app("events", "retry", "--all")
+    assert retried.stdout == f"retried 1 job: {job_id}\n"
+    await durable.work(queue, wait=False)
+    assert len(started(runs)) == 4
+    assert len(await marks()) == 1
+    assert run_app("events", "dead").stdout == "0 dead letters.\n"
+    assert run_app("events", "retry", job_id).returncode == 1  # no longer a dead letter
+
+
+def run_app(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
