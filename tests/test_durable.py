@@ -13,12 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from durable_helpers import HANDLER_ID, Mark, register
 from sqlalchemy import select, text
 
 from app import db, durable
-from app.business import notify
+from app.business import audit, notify
 from app.business.hr import create_employee
 from app.core.durable import DurableDeliveryError
 from app.core.events import emit, on
@@ -242,3 +243,132 @@ def run_app(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+async def test_a_worker_killed_mid_run_is_replaced_and_the_job_runs_again_once(
+    queue, runs, tmp_path
+):
+    """A worker killed with -9 in the middle of a handler: another worker re-runs the job
+    (the lost worker's silence is noticed), and the database holds its effect once."""
+    register()
+    await create()
+    with worker_process(tmp_path, TEST_SLOW="30") as doomed:
+        await eventually(lambda: _started(runs, 1), within=20)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    killed_at = time.monotonic()
+    with worker_process(tmp_path) as rescuer:
+        await eventually(lambda: _count_marks(1), within=40)
+        recovered_in = time.monotonic() - killed_at
+        rescuer.send_signal(signal.SIGTERM)
+        assert rescuer.wait(timeout=20) == 0
+    first, second = (line.split() for line in started(runs))
+    assert first[1] == second[1]  # the same event
+    assert (int(first[2]), int(second[2])) == (doomed.pid, rescuer.pid)
+    [(_, event_id, pid)] = await marks()
+    assert (event_id, pid) == (first[1], rescuer.pid)
+    inbox = "SELECT count(*) FROM durable_inbox WHERE handler_id = 'tests.mark'"
+    assert await scalar(inbox) == 1
+    assert recovered_in < 25
+
+
+async def test_two_worker_processes_share_the_load_and_run_each_job_once(queue, runs, tmp_path):
+    """Two workers on one queue: both take jobs, and each job runs exactly once."""
+    register()
+    with (
+        worker_process(tmp_path, TEST_SLOW="0.05") as one,
+        worker_process(tmp_path, TEST_SLOW="0.05") as two,
+    ):
+        await eventually(lambda: _workers(2), within=30)
+        employee_ids = await create(20)
+        await eventually(lambda: _count_marks(20), within=30)
+        await eventually(lambda: _no_jobs_left(), within=10)
+        one.send_signal(signal.SIGTERM)
+        two.send_signal(signal.SIGTERM)
+        assert (one.wait(timeout=20), two.wait(timeout=20)) == (0, 0)
+    found = await marks()
+    assert [employee_id for employee_id, _, _ in found] == employee_ids
+    event_ids = [line.split()[1] for line in started(runs)]
+    assert sorted(event_ids) == sorted(event_id for _, event_id, _ in found)  # once each
+    assert {pid for _, _, pid in found} == {one.pid, two.pid}
+    async with db.transaction() as session:
+        assert len(await notify.list_outbox(session)) == 20
+
+
+async def test_the_web_process_killed_right_after_its_responses_delivers_all_after_restart(
+    queue, tmp_path
+):
+    """`serve` killed with -9 right after 20 creates and 20 status changes: started again, it
+    delivers exactly one welcome mail per employee and one audit row per change."""
+    from test_serve import free_port, wait_until_up
+
+    def serve(port: int) -> subprocess.Popen[str]:
+        with (tmp_path / f"serve-{time.monotonic_ns()}.log").open("w") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", str(port)],
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = serve(port)
+    try:
+        wait_until_up(f"{base}/audit", server)
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+            async def change(index: int) -> None:
+                created = await client.post(
+                    "/employees", json={"name": f"e{index}", "department_id": 7, "created_by": 1}
+                )
+                assert created.status_code == 201
+                moved = await client.post(
+                    f"/employees/{created.json()['id']}/status",
+                    json={"to_state": "active", "actor_id": 1},
+                )
+                assert moved.status_code == 200
+
+            async with anyio.create_task_group() as group:
+                for index in range(20):
+                    group.start_soon(change, index)
+        server.send_signal(signal.SIGKILL)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    restarted = serve(port)
+    try:
+        wait_until_up(f"{base}/audit", restarted)
+        await eventually(lambda: _delivered(20), within=40)
+        # A job the killed process ran may still be "doing" until the lost worker is noticed;
+        # re-run then, it finds its inbox row and changes nothing.
+        await eventually(lambda: _no_jobs_left(), within=30)
+        async with db.transaction() as session:
+            mails = await notify.list_outbox(session)
+            entries = await audit.list_audit(session)
+        assert sorted(m.employee_id for m in mails) == list(range(1, 21))
+        assert sorted(e.employee_id for e in entries) == list(range(1, 21))
+    finally:
+        restarted.send_signal(signal.SIGINT)
+        assert restarted.wait(timeout=30) == 0
+
+
+async def _started(runs: Path, count: int) -> bool:
+    return len(started(runs)) >= count
+
+
+async def _workers(count: int) -> bool:
+    return await scalar("SELECT count(*) FROM procrastinate_workers") >= count
+
+
+async def _no_jobs_left() -> bool:
+    return await _jobs_left() == 0
+
+
+async def _delivered(count: int) -> bool:
+    async with db.transaction() as session:
+        return (
+            len(await notify.list_outbox(session)) >= count
+            and len(await audit.list_audit(session)) >= count
+        )

@@ -96,7 +96,9 @@ async def request_session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
-Session = Annotated[AsyncSession, Depends(request_session)]
+# scope="function": the unit of work commits before the response is sent, so a response
+# means the work (and its durable jobs) committed, even if the process dies right after.
+Session = Annotated[AsyncSession, Depends(request_session, scope="function")]
 
 
 def create_app(
