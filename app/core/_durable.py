@@ -8,6 +8,7 @@ event into a ``DurableJob`` and hands them all to the installed transport at onc
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import types
@@ -27,6 +28,7 @@ __all__ = [
     "DurableJob",
     "DurableTransport",
     "check_durable_options",
+    "json_friendly",
     "json_problem",
     "unfriendly_types",
 ]
@@ -164,6 +166,31 @@ def unfriendly_types(fields: Mapping[str, object]) -> list[str]:
         for name, field_type in fields.items()
         if not all(part in JSON_FIELD_TYPES for part in _union_members(field_type))
     ]
+
+
+_JSON_TYPE_NAMES: Final = frozenset(
+    {"int", "float", "str", "bool", "None", "NoneType", "list", "dict", "Any", "typing.Any"}
+)
+
+
+def json_friendly(written: str) -> bool:
+    """Whether a field type written as ``written`` in the source (``int | None``, ``Any``,
+    ``Optional[str]``) is made of JSON types only; for the static check, which imports
+    nothing."""
+    try:
+        expression = ast.parse(written, mode="eval").body
+    except SyntaxError:
+        return False
+    return _json_expression(expression)
+
+
+def _json_expression(node: ast.expr) -> bool:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _json_expression(node.left) and _json_expression(node.right)
+    if isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("Optional", "Union"):
+        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        return all(_json_expression(part) for part in parts)
+    return ast.unparse(node) in _JSON_TYPE_NAMES
 
 
 def _union_members(field_type: object) -> tuple[object, ...]:
