@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
 
@@ -78,9 +78,18 @@ class DurableJob:
 
     def to_json(self) -> dict[str, Any]:
         """The job as a JSON object (``occurred_at`` in ISO 8601)."""
-        data = asdict(self)
-        data["occurred_at"] = self.occurred_at.isoformat()
-        return data
+        return {
+            "event_name": self.event_name,
+            "payload": self.payload,
+            "handler_id": self.handler_id,
+            "event_id": self.event_id,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "depth": self.depth,
+            "occurred_at": self.occurred_at.isoformat(),
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DurableJob:
