@@ -372,3 +372,39 @@ async def _delivered(count: int) -> bool:
             len(await notify.list_outbox(session)) >= count
             and len(await audit.list_audit(session)) >= count
         )
+
+
+async def test_sigterm_lets_a_running_handler_finish(queue, runs, tmp_path):
+    """SIGTERM during a handler's run: the worker lets it finish and commit, then exits 0."""
+    register()
+    await create()
+    with worker_process(tmp_path, TEST_SLOW="2") as worker:
+        await eventually(lambda: _started(runs, 1), within=20)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    [(_, event_id, pid)] = await marks()
+    assert (event_id, pid) == (started(runs)[0].split()[1], worker.pid)
+    assert (
+        await scalar(
+            "SELECT count(*) FROM procrastinate_jobs "
+            "WHERE args->'job'->>'handler_id' = 'tests.mark' AND status = 'succeeded'"
+        )
+        == 1
+    )
+
+
+async def test_app_worker_off_leaves_the_jobs_to_workers(database_url, monkeypatch):
+    """With APP_WORKER=off the service enqueues but runs no durable job itself."""
+    from test_service import NEW_EMPLOYEE, client_for
+
+    from app.web.service import create_app
+
+    monkeypatch.setenv("APP_WORKER", "off")
+    app = create_app(database_url)
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        assert (await client.post("/employees", json=NEW_EMPLOYEE)).status_code == 201
+        await anyio.sleep(1.5)  # an embedded worker would have run it by now
+        assert (await client.get("/outbox")).json() == []
+        async with db.transaction() as session:
+            statuses = await session.scalars(text("SELECT status::text FROM procrastinate_jobs"))
+            assert list(statuses) == ["todo"]
