@@ -23,6 +23,7 @@ from app.business import audit, notify
 from app.business.hr import create_employee
 from app.core.durable import DurableDeliveryError
 from app.core.events import emit, on
+from app.durable import admin
 
 pytestmark = pytest.mark.anyio
 
@@ -408,3 +409,43 @@ async def test_app_worker_off_leaves_the_jobs_to_workers(database_url, monkeypat
         async with db.transaction() as session:
             statuses = await session.scalars(text("SELECT status::text FROM procrastinate_jobs"))
             assert list(statuses) == ["todo"]
+
+
+async def test_the_jobs_of_a_lost_worker_are_requeued_or_dead_at_their_last_attempt(queue):
+    """A job left running by a silent worker is queued again, unless that run was its last
+    allowed one: then it is a dead letter whose error says the worker was lost."""
+    register(max_attempts=3)
+    await create()
+    async with db.transaction() as session:
+        lost = await session.scalar(
+            text(
+                "INSERT INTO procrastinate_workers (last_heartbeat) "
+                "VALUES (now() - interval '1 hour') RETURNING id"
+            )
+        )
+        await session.execute(
+            text(
+                "UPDATE procrastinate_jobs SET status = 'doing', worker_id = :lost, attempts = "
+                "CASE WHEN args->'job'->>'handler_id' = 'tests.mark' THEN 2 ELSE 0 END"
+            ),
+            {"lost": lost},
+        )
+    assert len(await durable.recover_lost_jobs(queue)) == 2
+    async with db.transaction() as session:
+        rows = await session.execute(
+            text(
+                "SELECT args->'job'->>'handler_id', status::text, attempts FROM procrastinate_jobs "
+                "ORDER BY id"
+            )
+        )
+        assert [tuple(row) for row in rows] == [
+            ("notify.welcome_mail", "todo", 1),
+            (HANDLER_ID, "failed", 3),
+        ]
+    [letter] = await admin.dead_letters()
+    assert (letter.handler_id, letter.attempts) == (HANDLER_ID, 3)
+    assert letter.error == (
+        "WorkerLostError: the worker running it stopped beating (killed, or its host was lost) "
+        "during its last allowed run"
+    )
+    assert await durable.recover_lost_jobs(queue) == []

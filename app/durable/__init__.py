@@ -14,6 +14,7 @@ from app.durable.queue import (
     ProcrastinateTransport,
     ensure_schema,
     make_app,
+    recover_lost_jobs,
     running,
     work,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "ProcrastinateTransport",
     "ensure_schema",
     "make_app",
+    "recover_lost_jobs",
     "running",
     "work",
 ]

@@ -29,7 +29,7 @@ from typing import Any, Final
 import procrastinate
 import structlog
 from procrastinate.job_context import JobContext
-from procrastinate.jobs import Job
+from procrastinate.jobs import Job, Status
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.schema import SchemaManager
 from sqlalchemy import text
@@ -50,6 +50,7 @@ __all__ = [
     "ProcrastinateTransport",
     "ensure_schema",
     "make_app",
+    "recover_lost_jobs",
     "running",
     "work",
 ]
@@ -205,17 +206,39 @@ async def ensure_schema() -> None:
             await raw.execute(SchemaManager.get_schema())
 
 
+async def recover_lost_jobs(app: procrastinate.App) -> list[int]:
+    """Re-queue the running jobs of workers silent for ``STALLED_AFTER`` seconds; a job whose
+    lost run was its last allowed one becomes a dead letter instead (a handler that kills its
+    worker every time must not loop forever). Returns the ids re-queued or failed."""
+    stalled = await app.job_manager.get_stalled_jobs(
+        task_name=TASK_NAME, seconds_since_heartbeat=STALLED_AFTER
+    )
+    for job in stalled:
+        assert job.id is not None  # noqa: S101 - jobs read from the table have ids
+        durable_job = DurableJob.from_json(job.task_kwargs["job"])  # type: ignore[arg-type]
+        if job.attempts + 1 >= durable_job.max_attempts:
+            lost = WorkerLostError(
+                "the worker running it stopped beating (killed, or its host was lost) during "
+                "its last allowed run"
+            )
+            await _record_failure(job, durable_job, lost)
+            await app.job_manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
+        else:
+            await app.job_manager.retry_job(job)
+            log.warning("durable job of a lost worker re-queued", job_id=job.id)
+    return [job.id for job in stalled if job.id is not None]
+
+
+class WorkerLostError(RuntimeError):
+    """A durable job's run ended with its worker lost (the recorded error of such a run)."""
+
+
 async def _recover_lost_jobs(app: procrastinate.App) -> None:
-    """Every ``RECOVERY_EVERY`` seconds, re-queue the running jobs of lost workers."""
+    """Every ``RECOVERY_EVERY`` seconds, ``recover_lost_jobs``."""
     while True:
         await asyncio.sleep(RECOVERY_EVERY)
         try:
-            stalled = await app.job_manager.get_stalled_jobs(
-                task_name=TASK_NAME, seconds_since_heartbeat=STALLED_AFTER
-            )
-            for job in stalled:
-                await app.job_manager.retry_job(job)
-                log.warning("durable job of a lost worker re-queued", job_id=job.id)
+            await recover_lost_jobs(app)
         except Exception:
             log.exception("durable recovery failed")
 
