@@ -1,13 +1,16 @@
 """The command line: ``python -m app [--json] [COMMAND]``.
 
-``serve`` runs the reference service; ``demo`` (the default) runs the demo scenario;
+``serve`` runs the reference service (with one embedded worker unless ``APP_WORKER=off``);
+``worker`` runs a worker of durable handlers; ``demo`` (the default) runs the demo scenario;
 ``events`` prints the event catalogue, ``events check`` checks the source against it and
-EVENTS.md, ``events write`` regenerates EVENTS.md.
+EVENTS.md, ``events write`` regenerates EVENTS.md; ``events jobs``, ``events dead`` and
+``events retry`` show and retry durable jobs.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -48,6 +51,11 @@ actions:
           that are not fields, declared events nothing emits, and a stale EVENTS.md (with a
           diff); exit 0 and a summary otherwise
   write   regenerate EVENTS.md from the source
+
+durable jobs (these open the database: APP_DATABASE_URL, or the embedded server here):
+  jobs    count the durable jobs by state, and say when the oldest waiting one was enqueued
+  dead    list the dead letters: jobs whose last allowed run failed, with their error
+  retry   put dead letters back in the queue: `retry ID [ID ...]`, or `retry --all`
 """
 
 
@@ -56,9 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "events":
+        if args.action in ("jobs", "dead", "retry"):
+            return _durable_admin(args.action, ids=args.ids, every=args.all, json=args.json)
+        if args.ids or args.all:
+            parser.error("job ids and --all go with `events retry` only")
         return _events(
             args.action, root=args.root, file=args.file or args.root.parent / "EVENTS.md"
         )
+    if args.command == "worker":
+        return _worker(concurrency=args.concurrency, json=args.json)
     if args.command == "serve":
         return _serve(args)
     return _demo(json=args.json)
@@ -129,11 +143,26 @@ def _parser() -> argparse.ArgumentParser:
         "make one and log the client's as client_request_id (default: %(default)s, or "
         "APP_TRUST_REQUEST_ID=1)",
     )
+    worker = commands.add_parser(
+        "worker",
+        help="run durable handlers from the database's queue until stopped",
+        description="Run the durable handlers' jobs from the database's queue (procrastinate) "
+        "until SIGINT or SIGTERM; running jobs get up to their timeout to finish, and a "
+        "second signal stops at once (its jobs stay queued and run again elsewhere). The "
+        "database is APP_DATABASE_URL, or the embedded PostgreSQL in .app-postgres/ here, "
+        "shared with `serve`. Any number of workers may run.",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="jobs run at once (default: %(default)s)",
+    )
     commands.add_parser(
         "demo",
-        help="run a short HR scenario on an in-memory database, one failing handler "
+        help="run a short HR scenario on the service's database, one failing handler "
         "included (the default command)",
-        description="Run a short HR scenario on an in-memory database: the business "
+        description="Run a short HR scenario on the service's database: the business "
         "packages' handlers write the welcome mail and the audit trail, and the demo's own "
         "handler fails and is isolated.",
     )
@@ -147,11 +176,13 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument(
         "action",
         nargs="?",
-        choices=["show", "check", "write"],
+        choices=["show", "check", "write", "jobs", "dead", "retry"],
         default="show",
         metavar="ACTION",
-        help="show (the default), check or write: see actions above",
+        help="show (the default), check, write, jobs, dead or retry: see actions above",
     )
+    events.add_argument("ids", nargs="*", type=int, metavar="ID", help="retry: job ids")
+    events.add_argument("--all", action="store_true", help="retry: every dead letter")
     events.add_argument(
         "--root",
         type=Path,
@@ -166,6 +197,13 @@ def _parser() -> argparse.ArgumentParser:
         help="EVENTS.md to check or write (default: beside --root)",
     )
     return parser
+
+
+def _configure_logging(*, json: bool) -> None:
+    """Configure logging; procrastinate's own lines go at warning and above only (its info
+    lines would log every job's payload)."""
+    configure_logging(json=json)
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)
 
 
 _T = TypeVar("_T")
@@ -184,7 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
     from app.web import server
     from app.web.service import create_app
 
-    configure_logging(json=args.json)
+    _configure_logging(json=args.json)
     app = create_app(
         grace_period=args.grace_period,
         trust_request_id=args.trust_request_id,
@@ -196,10 +234,74 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(*, concurrency: int, json: bool) -> int:
+    _configure_logging(json=json)
+    load_business_packages()
+    verify()
+
+    async def run() -> None:
+        from app import db, durable
+
+        await db.open_database()
+        try:
+            async with durable.running() as queue:
+                await durable.work(queue, concurrency=concurrency, signals=True)
+        finally:
+            await db.close_database()
+
+    anyio.run(run)
+    return 0
+
+
+def _durable_admin(action: str, *, ids: list[int], every: bool, json: bool) -> int:
+    if action == "retry" and not (ids or every):
+        print("events retry needs job ids, or --all.", file=sys.stderr)
+        return 2
+    _configure_logging(json=json)
+    return anyio.run(_administer, action, None if every else ids)
+
+
+async def _administer(action: str, ids: list[int] | None) -> int:
+    from app import db, durable
+    from app.durable import admin
+
+    await db.open_database()
+    try:
+        async with durable.running() as queue:
+            if action == "jobs":
+                counts = await admin.job_counts()
+                for status, count in counts.by_status.items():
+                    print(f"{status:<10} {count}")
+                total = sum(counts.by_status.values())
+                oldest = counts.oldest_waiting
+                print(f"{total} durable jobs; oldest waiting: {oldest or 'none'}")
+            elif action == "dead":
+                letters = await admin.dead_letters()
+                for letter in letters:
+                    print(
+                        f"job {letter.job_id}: {letter.handler_id} for {letter.event_name} "
+                        f"(event {letter.event_id}), {plural(letter.attempts, 'attempt')}, "
+                        f"last failed {letter.failed_at}: {letter.error}"
+                    )
+                    for line in (letter.traceback or "").rstrip().splitlines():
+                        print(f"    {line}")
+                print(f"{plural(len(letters), 'dead letter')}.")
+            else:
+                retried = await admin.retry(queue, ids)
+                missing = sorted(set(ids or ()) - set(retried))
+                print(f"retried {plural(len(retried), 'job')}: {' '.join(map(str, retried))}")
+                if missing:
+                    print(f"not dead letters: {' '.join(map(str, missing))}", file=sys.stderr)
+                    return 1
+    finally:
+        await db.close_database()
+    return 0
+
+
 def _demo(*, json: bool) -> int:
     from app.demo import register_handlers, run_demo
 
-    configure_logging(json=json)
+    _configure_logging(json=json)
     load_business_packages()
     register_handlers()
     verify()

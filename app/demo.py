@@ -6,7 +6,8 @@ so it is the demo's and not the service's (EVENTS.md lists only the service's ha
 ``run_demo()`` runs an HR scenario over the service's database (``APP_DATABASE_URL``, or the
 embedded PostgreSQL in ``./.app-postgres/``). Each unit of work commits before its events are
 delivered (``app.db.unit_of_work``); the welcome mail and the audit trail are written by
-handlers in other packages; the failing handler is logged and isolated. It shows the mail and
+durable handlers in other packages, which a worker runs once the scenario is done; the failing
+handler is in-process, logged and isolated. It shows the mail and
 audit rows of the employee it made, whatever else is stored.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from app import db
+from app import db, durable
 from app.business import audit, notify
 from app.business.hr import EmployeeStatus, change_status, create_employee
 from app.utils import on
@@ -40,26 +41,37 @@ async def run_demo() -> None:
     """Create an employee, move it through two statuses, and log what the handlers did."""
     await db.open_database()
     try:
-        async with db.unit_of_work() as session:
-            employee = await create_employee(
-                session, name="Ada Lovelace", department_id=7, created_by=1
-            )
-            log.info("employee created", employee_id=employee.id, status=employee.status)
-        for to_state, actor_id in [(EmployeeStatus.ACTIVE, 1), (EmployeeStatus.ON_LEAVE, 2)]:
-            async with db.unit_of_work() as session:
-                await change_status(session, employee.id, to_state=to_state, actor_id=actor_id)
-        async with db.transaction() as session:
-            mails = [m for m in await notify.list_outbox(session) if m.employee_id == employee.id]
-            entries = [e for e in await audit.list_audit(session) if e.employee_id == employee.id]
-        for mail in mails:
-            log.info("outbox", employee_id=mail.employee_id, subject=mail.subject, body=mail.body)
-        for entry in entries:
-            log.info(
-                "audit trail",
-                employee_id=entry.employee_id,
-                from_state=entry.from_state,
-                to_state=entry.to_state,
-                actor_id=entry.actor_id,
-            )
+        async with durable.running() as queue:
+            employee_id = await _scenario()
+            await durable.work(queue, wait=False)  # run the durable jobs, then stop
+        await _show(employee_id)
     finally:
         await db.close_database()
+
+
+async def _scenario() -> int:
+    async with db.unit_of_work() as session:
+        employee = await create_employee(
+            session, name="Ada Lovelace", department_id=7, created_by=1
+        )
+        log.info("employee created", employee_id=employee.id, status=employee.status)
+    for to_state, actor_id in [(EmployeeStatus.ACTIVE, 1), (EmployeeStatus.ON_LEAVE, 2)]:
+        async with db.unit_of_work() as session:
+            await change_status(session, employee.id, to_state=to_state, actor_id=actor_id)
+    return employee.id
+
+
+async def _show(employee_id: int) -> None:
+    async with db.transaction() as session:
+        mails = [m for m in await notify.list_outbox(session) if m.employee_id == employee_id]
+        entries = [e for e in await audit.list_audit(session) if e.employee_id == employee_id]
+    for mail in mails:
+        log.info("outbox", employee_id=mail.employee_id, subject=mail.subject, body=mail.body)
+    for entry in entries:
+        log.info(
+            "audit trail",
+            employee_id=entry.employee_id,
+            from_state=entry.from_state,
+            to_state=entry.to_state,
+            actor_id=entry.actor_id,
+        )

@@ -162,7 +162,7 @@ async def alternate(
 
 def register(handlers: tuple[Callable[..., Any], ...]) -> None:
     """A registry holding exactly ``handlers`` for the event measured."""
-    events._handlers = collections.defaultdict(list)
+    events._handlers = collections.defaultdict(events.Entries)
     for handler in handlers:
         events.on(EVENT)(handler)
 

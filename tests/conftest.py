@@ -22,8 +22,10 @@ import pytest
 import structlog
 from fastapi import FastAPI
 from psycopg import sql
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from app import db
 from app.core import catalogue, events
 from app.core.catalogue import EventSpec
 from app.core.logging import add_event_context
@@ -156,9 +158,21 @@ class Service:
     client: httpx.AsyncClient
 
     async def settle(self) -> None:
-        """Wait until every event delivery started so far has finished."""
-        with anyio.fail_after(5):
+        """Wait until every event delivery started so far has finished, the durable jobs
+        (run by the service's embedded worker) included."""
+        with anyio.fail_after(10):
             await self.app.state.emitter.join()
+            while await unfinished_jobs():  # noqa: ASYNC110 - polls the database
+                await anyio.sleep(0.02)
+
+
+async def unfinished_jobs() -> int:
+    """How many durable jobs wait or run."""
+    async with db.transaction() as session:
+        count = await session.scalar(
+            text("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
+        )
+    return int(count or 0)
 
 
 def client_for(app):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 
-from app import db
+from app import db, durable
 from app.business import audit, notify
 from app.business.hr import (
     EmployeeNotFoundError,
@@ -22,10 +22,14 @@ from app.core.events import handlers
 
 @pytest_asyncio.fixture
 async def database(database_url):
-    """The database, open and empty, with every table."""
+    """The database, open and empty, with every table and durable delivery (no worker): the
+    procrastinate app, for running the queued jobs with ``durable.work(app, wait=False)``."""
     await db.open_database(database_url)
-    yield
-    await db.close_database()
+    try:
+        async with durable.running() as queue:
+            yield queue
+    finally:
+        await db.close_database()
 
 
 def test_patching_app_utils_emit_misses_modules_that_imported_it(monkeypatch):
@@ -56,10 +60,11 @@ def test_importing_the_packages_registers_their_handlers():
 
 @pytest.mark.asyncio
 async def test_creating_an_employee_queues_the_welcome_mail(database, events_recorder):
-    """employee.created reaches notify after the commit; notify writes the mail."""
+    """employee.created reaches notify's durable handler through a job; it writes the mail."""
     async with db.unit_of_work() as session:
         employee = await create_employee(session, name="Ada", department_id=7, created_by=1)
     events_recorder.assert_emitted_once("employee.created", employee_id=employee.id)
+    await durable.work(database, wait=False)
     async with db.transaction() as session:
         mails = await notify.list_outbox(session)
     assert [(m.employee_id, m.subject, m.body) for m in mails] == [
@@ -74,6 +79,7 @@ async def test_status_changes_are_audited(database):
         employee = await create_employee(session, name="Ada", department_id=7, created_by=1)
     async with db.unit_of_work() as session:
         await change_status(session, employee.id, to_state=EmployeeStatus.ACTIVE, actor_id=3)
+    await durable.work(database, wait=False)
     async with db.transaction() as session:
         entries = await audit.list_audit(session)
         stored = await get_employee(session, employee.id)

@@ -77,8 +77,9 @@ def test_help_describes_every_command():
     text = " ".join(lines)
     for command, what in [
         ("serve", "serve the reference HR service over HTTP with uvicorn"),
-        ("demo", "run a short HR scenario on an in-memory database, one failing handler included"),
+        ("demo", "run a short HR scenario on the service's database, one failing handler included"),
         ("events", "show, check or write the event catalogue and EVENTS.md"),
+        ("worker", "run durable handlers from the database's queue until stopped"),
     ]:
         assert f"{command} {what}" in text
     assert "`python -m app COMMAND --help` describes a command and its options." in text
@@ -90,14 +91,20 @@ def test_events_help_describes_every_action():
     result = run_app("events", "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    assert "usage: python -m app events [-h] [--root ROOT] [--file FILE] [ACTION]" in text
+    assert (
+        "usage: python -m app events [-h] [--all] [--root ROOT] [--file FILE] [ACTION] [ID ...]"
+        in text
+    )
     for action, what in [
         ("show", "print the catalogue as a table"),
         ("check", "check the source and EVENTS.md, print each problem as path:line"),
         ("write", "regenerate EVENTS.md from the source"),
+        ("jobs", "count the durable jobs by state"),
+        ("dead", "list the dead letters: jobs whose last allowed run failed"),
+        ("retry", "put dead letters back in the queue: `retry ID [ID ...]`, or `retry --all`"),
     ]:
         assert f"{action} {what}" in text
-    assert "ACTION show (the default), check or write" in text
+    assert "ACTION show (the default), check, write, jobs, dead or retry" in text
     assert "--root ROOT the package directory to scan" in text
     assert "--file FILE EVENTS.md to check or write" in text
 
@@ -106,4 +113,7 @@ def test_an_unknown_action_lists_the_choices():
     """A mistyped action exits 2 naming the choices."""
     result = run_app("events", "chek")
     assert result.returncode == 2
-    assert "invalid choice: 'chek' (choose from 'show', 'check', 'write')" in result.stderr
+    assert (
+        "invalid choice: 'chek' (choose from 'show', 'check', 'write', 'jobs', 'dead', 'retry')"
+        in result.stderr
+    )

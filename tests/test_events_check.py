@@ -366,3 +366,58 @@ def test_the_demo_handler_is_not_the_services():
     assert (demo.name, demo.at_import) == ("employee.created", False)
     assert demo not in found.registrations
     assert "app.demo" not in (REPO / "EVENTS.md").read_text()
+
+
+def test_durable_handlers_need_unique_literal_ids_and_json_fields(tmp_path):
+    """The scan reports, with path:line, a durable handler without a literal id, two durable
+    handlers with one id, and a durable handler of an event with a field that is not JSON."""
+    files = {
+        **FILES,
+        "business/orders/events.py": FILES["business/orders/events.py"].replace(
+            '"total": float}', '"total": float, "placed_on": datetime.date}'
+        ),
+        "business/orders/services.py": FILES["business/orders/services.py"].replace(
+            "total=9.5)", "total=9.5, placed_on=None)"
+        ),
+        "business/mail/handlers.py": """\
+            from app.utils import on
+
+
+            @on("order.placed", durable=True, id="mail.confirm")
+            async def confirm(*, order_id, note=None, **kwargs):
+                return None
+
+
+            @on("order.placed", durable=True, id="mail.confirm")
+            async def copy(**kwargs):
+                return None
+
+
+            @on("order.placed", durable=True, id=ID)
+            async def archive(**kwargs):
+                return None
+            """,
+    }
+    found = scan(write_package(tmp_path, files))
+    assert [h.durable_id for h in found.handlers] == ["mail.confirm", "mail.confirm", None]
+    not_json = (
+        "handles 'order.placed', whose field placed_on: datetime.date "
+        "(shop/business/orders/events.py:3) is not of a JSON type. Its jobs carry the payload "
+        "as JSON: declare int, float, str, bool, None, list, dict or Any (or unions of them), "
+        "or make the handler in-process."
+    )
+    assert [str(p) for p in check(found)] == [
+        f"shop/business/mail/handlers.py:4: durable handler shop.business.mail.handlers.confirm "
+        f"{not_json}",
+        "shop/business/mail/handlers.py:9: durable handler shop.business.mail.handlers.copy has "
+        "id='mail.confirm', which shop.business.mail.handlers.confirm "
+        "(shop/business/mail/handlers.py:4) has too. Give each durable handler its own id: its "
+        "queued jobs name it.",
+        f"shop/business/mail/handlers.py:9: durable handler shop.business.mail.handlers.copy "
+        f"{not_json}",
+        "shop/business/mail/handlers.py:14: durable handler shop.business.mail.handlers.archive "
+        'has no literal id=. Give it a stable id as a string literal (id="package.what"): its '
+        "queued jobs name it.",
+        f"shop/business/mail/handlers.py:14: durable handler "
+        f"shop.business.mail.handlers.archive {not_json}",
+    ]

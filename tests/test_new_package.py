@@ -59,7 +59,7 @@ def test_adding_a_package_as_readme_says_keeps_everything_green(copy_with_a_new_
     assert written.returncode == 0, written.stdout + written.stderr
     checked = run(copy, python, "-m", "app", "events", "check")
     assert checked.returncode == 0, checked.stdout
-    assert checked.stdout.startswith("events check passed: 3 events, 3 emit sites, 3 handlers")
+    assert checked.stdout.startswith("events check passed: 3 events, 3 emit sites, 4 handlers")
     assert "app.business.stats.events.count_new_employee" in (copy / "EVENTS.md").read_text()
     linted = run(copy, ruff, "check", "app/business/stats")
     assert linted.returncode == 0, linted.stdout

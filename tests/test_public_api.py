@@ -15,6 +15,7 @@ PUBLIC_MODULES = [
     "app.core.catalogue",
     "app.bootstrap",
     "app.core.deferred",
+    "app.core.durable",
     "app.core.tracing",
     "app.core.logging",
     "app.db",

@@ -149,7 +149,7 @@ def test_registrations_made_in_a_test_are_gone_after_it(project):
             import collections
             from app.core import events
 
-            monkeypatch.setattr(events, "_handlers", collections.defaultdict(list))
+            monkeypatch.setattr(events, "_handlers", collections.defaultdict(events.Entries))
             assert handlers("order.placed") == ()
         """,
         "-p",

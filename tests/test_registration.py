@@ -252,7 +252,7 @@ async def test_monkeypatching_the_registry_isolates_a_test(monkeypatch):
     importlib.import_module("app.business.notify")  # registers its handlers on import
 
     calls = []
-    monkeypatch.setattr(events, "_handlers", collections.defaultdict(list))
+    monkeypatch.setattr(events, "_handlers", collections.defaultdict(events.Entries))
     on("employee.created")(lambda **kwargs: calls.append(1))
     await emit("employee.created")
     assert calls == [1]

@@ -40,10 +40,10 @@ def records(output):
 
 @pytest.mark.parametrize("signals", [1, 2], ids=["one-signal", "two-signals"])
 def test_shutdown_is_bounded_while_the_database_blocks(database_url, tmp_path, signals):
-    """The welcome mail's INSERT waits for a lock held forever. One SIGINT: the process exits
-    within the grace period (0.5 s) and the statement timeout (2 s) after it; two: within the
-    statement timeout, however long the grace period. Either way one warning names the
-    cancelled delivery's event id and the request's correlation id."""
+    """The welcome mail's INSERT (a durable handler, run by serve's embedded worker) waits for
+    a lock held forever. One SIGINT: the process exits within the grace period (0.5 s) and the
+    statement timeout (2 s) after it; two: within the statement timeout, however long the
+    grace period. Either way the job is still in the queue, to run again: nothing is lost."""
     grace = "0.5" if signals == 1 else "30"
     process, base = serve(tmp_path, "--grace-period", grace, "--statement-timeout", "2")
     try:
@@ -65,8 +65,11 @@ def test_shutdown_is_bounded_while_the_database_blocks(database_url, tmp_path, s
             process.kill()
             process.communicate()
     assert elapsed < 3.5, output
-    (warning,) = [r for r in records(output) if r["event"] == "background deliveries cancelled"]
-    assert warning["event_names"] == ["employee.created"]
-    assert len(warning["event_ids"]) == 1
-    assert warning["correlation_ids"] == [created.headers["x-request-id"]]
+    with psycopg.connect(libpq(database_url)) as connection:
+        statuses = connection.execute(
+            "SELECT status::text FROM procrastinate_jobs WHERE args->'job'->>'handler_id' = "
+            "'notify.welcome_mail'"
+        ).fetchall()
+    ((status,),) = statuses
+    assert status in ("todo", "doing"), output
     assert "Application shutdown complete." in output

@@ -6,6 +6,7 @@ from typing import Any
 
 __all__ = [
     "CatalogueError",
+    "DurableDeliveryError",
     "EventNameError",
     "EventNameTypeError",
     "EventRecursionError",
@@ -129,3 +130,9 @@ class CatalogueError(EventsError, ValueError):
 class ScopeClosedError(EventsError, RuntimeError):
     """An emit into a deferral scope that was discarded (its work rolled back), from a task
     that outlived the scope: delivering it would announce work that did not happen."""
+
+
+class DurableDeliveryError(EventsError, RuntimeError):
+    """An emit whose durable handlers cannot get their jobs: no durable transport is
+    installed, no unit of work is open to enqueue into, or it was emitted in a way that cannot
+    enqueue (``emit_soon``). Raised before any handler runs."""

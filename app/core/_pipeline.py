@@ -7,6 +7,9 @@ Two places take optional behaviour, each installed by a function that returns it
 * **Wrappers of the delivery function** (``wrap_delivery``): tracing. ``deliver`` is the
   delivery loop wrapped by each installed wrapper, like pluggy's ``_inner_hookexec``.
 
+A third place takes the **durable transport** (``install_transport``): where ``emit`` hands the
+jobs of durable handlers. Without one, an emit that has durable handlers is refused.
+
 Deferral is no option: ``emit`` asks ``deferral`` (a context variable) every time, so what a
 scope does never depends on what is open elsewhere. ``emit`` reads ``before`` and ``deliver``
 once per call; installing swaps them atomically under one lock.
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from app.core._context import Event
+    from app.core._durable import DurableTransport
 
 __all__ = [
     "Deferral",
@@ -31,6 +35,7 @@ __all__ = [
     "install_failure_listener",
     "install_hook",
     "install_step",
+    "install_transport",
     "set_delivery",
     "wrap_delivery",
 ]
@@ -96,6 +101,9 @@ deliver: Deliver
 
 failure_listener: FailureListener | None = None
 
+transport: DurableTransport | None = None
+"""Where ``emit`` enqueues the jobs of durable handlers, or None: such emits are refused."""
+
 _steps: dict[str, Step] = {}
 _wrappers: dict[str, Callable[[Deliver], Deliver]] = {}
 _loop: Deliver | None = None
@@ -135,14 +143,23 @@ def wrap_delivery(slot: str, wrapper: Callable[[Deliver], Deliver]) -> Callable[
 
 def install_failure_listener(listener: FailureListener | None) -> Callable[[], None]:
     """Tell ``listener`` of every handler failure the loop logs; returns the undo."""
-    global failure_listener
+    return _set_global("failure_listener", listener)
+
+
+def install_transport(new: DurableTransport | None) -> Callable[[], None]:
+    """Make ``new`` the durable transport (None: none); returns the undo."""
+    return _set_global("transport", new)
+
+
+def _set_global(name: str, value: object) -> Callable[[], None]:
+    """Set this module's global ``name`` under the lock; return the undo."""
+    namespace = globals()
     with _lock:
-        previous, failure_listener = failure_listener, listener
+        previous, namespace[name] = namespace[name], value
 
     def undo() -> None:
-        global failure_listener
         with _lock:
-            failure_listener = previous
+            namespace[name] = previous
 
     return undo
 

@@ -146,6 +146,8 @@ class HandlerSite:
         module: The module the registration is in.
         at_import: Whether it registers when its module is imported (written at module or
             class level), rather than when a function runs.
+        durable: Whether ``on`` is given ``durable=True``.
+        durable_id: The literal ``id=`` of a durable handler, or None when it is not one.
     """
 
     name: str | None
@@ -154,6 +156,8 @@ class HandlerSite:
     site: Site
     module: str
     at_import: bool
+    durable: bool = False
+    durable_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -499,6 +503,8 @@ class _ModuleScanner(ast.NodeVisitor):
         self.result.emits.append(EmitSite(name, fields, spreads, self._site(node), function))
 
     def _add_handler(self, on_call: ast.Call, label: str, signature: Signature | None) -> None:
+        keywords = {k.arg: k.value for k in on_call.keywords if k.arg is not None}
+        durable = keywords.get("durable")
         handler = HandlerSite(
             _literal_name(on_call),
             label,
@@ -506,6 +512,8 @@ class _ModuleScanner(ast.NodeVisitor):
             self._site(on_call),
             self.module,
             self.at_import,
+            durable=isinstance(durable, ast.Constant) and durable.value is True,
+            durable_id=_string(keywords.get("id")),
         )
         self.result.handlers.append(handler)
         if handler.at_import:

@@ -15,6 +15,7 @@ from typing import Any
 
 from app.core import catalogue
 from app.core._describe import describe, plural
+from app.core._durable import unfriendly_types
 from app.core._errors import CatalogueError
 from app.core._source import BUSINESS_FOLDER, scan
 
@@ -24,6 +25,7 @@ __all__ = ["verify_registrations"]
 def verify_registrations(
     registered: Mapping[str, Sequence[Callable[..., Any]]],
     *,
+    durable: Mapping[str, Sequence[Callable[..., Any]]] | None = None,
     roots: Iterable[Path] | None = None,
 ) -> None:
     """Check every registered handler (by event name, in registration order) against the
@@ -33,7 +35,10 @@ def verify_registrations(
     default, the directory of each top-level package whose modules registered a handler. A
     handler found there that registers when its module is imported must have registered if
     its module, or its business package, has been imported; one that has not is reported
-    with the reason (most often: nothing imports its module at start-up).
+    with the reason (most often: nothing imports its module at start-up). The durable
+    handlers (``durable``, by event name) of an event with a field type that is not JSON
+    (``app.core._durable.JSON_FIELD_TYPES``) are reported too: their jobs carry the payload
+    as JSON.
 
     Raises:
         CatalogueError: one or more problems; ``problems`` lists them, one line each.
@@ -60,6 +65,20 @@ def verify_registrations(
                         declaration.optional,
                     )
                 )
+    for name, handlers in (durable or {}).items():
+        declaration = catalogue.declared().get(name)
+        if declaration is None or not handlers:
+            continue
+        fields = unfriendly_types({**declaration.payload, **declaration.optional})
+        if fields:
+            problems.extend(
+                f"{describe(handler)}{_location(handler)} is a durable handler of {name!r}, "
+                f"whose {plural(len(fields), 'field', count=False)} {', '.join(fields)} "
+                f"{'is' if len(fields) == 1 else 'are'} not of a JSON type. Durable jobs carry "
+                "the payload as JSON: declare int, float, str, bool, None, list, dict or Any "
+                "(or unions of them), or make the handler in-process."
+                for handler in handlers
+            )
     for root in _package_roots(registered) if roots is None else roots:
         problems.extend(_never_registered(registered, root))
     if problems:

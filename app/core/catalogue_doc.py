@@ -109,7 +109,10 @@ def _section(declaration: Declaration, found: Scan) -> str:
     lines += [f"- `{e.site}`" for e in emits] or ["- (nowhere)"]
     handlers = [h for h in found.registrations if h.name == name]
     lines += ["", "Handlers, in registration order:"]
-    lines += [f"- `{h.label}` (`{h.site}`)" for h in handlers] or ["- (none)"]
+    lines += [
+        f"- `{h.label}` (`{h.site}`)" + (f", durable as `{h.durable_id}`" if h.durable else "")
+        for h in handlers
+    ] or ["- (none)"]
     return "\n".join(lines) + "\n"
 
 

@@ -23,8 +23,8 @@ import structlog
 
 from app.core import _pipeline
 from app.core._context import Event
-from app.core._errors import EventsError, ScopeClosedError
-from app.core.events import admit, deliver_later
+from app.core._errors import DurableDeliveryError, EventsError, ScopeClosedError
+from app.core.events import admit, deliver_later, registrations
 
 __all__ = [
     "BackgroundEmitter",
@@ -253,11 +253,21 @@ class BackgroundEmitter:
             EmitterClosedError: the emitter is not running.
             EventNameError, UnknownEventError, PayloadError, EventRecursionError: as ``emit``,
                 at once.
+            DurableDeliveryError: the event has durable handlers, whose jobs must be enqueued
+                in the emitter's transaction: ``await emit(...)`` in the unit of work instead.
         """
         group = self._running(name)
         event = admit(name, kwargs)
         if event is None:
             return
+        durable = [str(r.id) for r in registrations(name) if r.durable]
+        if durable:
+            raise DurableDeliveryError(
+                f"cannot emit_soon({name!r}): it has durable handlers ({', '.join(durable)}), "
+                "whose jobs are enqueued in the emitter's transaction. Use await emit(...) "
+                "inside the unit of work.",
+                event_name=name,
+            )
         deferral = _pipeline.deferral.get()
         if deferral is not None and deferral.defer(name, kwargs, event, self.deliver_soon):
             return

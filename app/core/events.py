@@ -14,11 +14,16 @@ Semantics in one place:
   into tasks, threads and greenlets exactly as Python's context does.
 * Optional behaviour (type checks, the test plugin, tracing, deferral) composes around the one
   delivery loop below (``app.core._pipeline``); nothing here knows which is installed.
+* A **durable** handler (``@on(name, durable=True, id=...)``) is not run by that loop: ``emit``
+  hands one job per durable handler to the installed transport, in the caller's transaction,
+  and a worker runs it later (``app.core.durable``).
 
 The whole registry is one module-level global, ``_handlers``, read by its name at call time, so
 a test can swap it::
 
     monkeypatch.setattr(app.core.events, "_handlers", collections.defaultdict(list))
+
+(``on`` stores each name's registrations as ``Entries``, whatever mapping holds them.)
 """
 
 from __future__ import annotations
@@ -40,8 +45,16 @@ from app.core._checks import check_handler as _check_handler
 from app.core._checks import check_options as _check_options
 from app.core._context import Event, EventContext
 from app.core._describe import describe as _describe
+from app.core._durable import (
+    DEFAULT_DURABLE_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS,
+    DurableJob,
+    check_durable_options,
+    json_problem,
+)
 from app.core._errors import (
     CatalogueError,
+    DurableDeliveryError,
     EventNameError,
     EventNameTypeError,
     EventRecursionError,
@@ -61,6 +74,8 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_NAME_LENGTH",
     "CatalogueError",
+    "DurableDeliveryError",
+    "Entries",
     "EventContext",
     "EventNameError",
     "EventNameTypeError",
@@ -97,10 +112,22 @@ class Registration:
     ``call`` is the handler itself unless an option wraps it (a time limit, its own slow
     threshold); ``awaits`` says whether the loop awaits what ``call`` returns (an ``async``
     handler) or calls it directly (a plain ``def``, whose result is awaited only if it is
-    awaitable).
+    awaitable). A durable registration (``durable``) has a stable ``id`` and ``max_attempts``;
+    workers run it, the delivery loop never does.
     """
 
-    __slots__ = ("__weakref__", "awaits", "call", "handler", "label", "slow_after", "timeout")
+    __slots__ = (
+        "__weakref__",
+        "awaits",
+        "call",
+        "durable",
+        "handler",
+        "id",
+        "label",
+        "max_attempts",
+        "slow_after",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -109,42 +136,76 @@ class Registration:
         label: str,
         timeout: float | None,
         slow_after: float | None,
+        *,
+        durable_id: str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.handler = handler
         self.label = label
         self.timeout = timeout
         self.slow_after = slow_after
+        self.durable = durable_id is not None
+        self.id = durable_id
+        self.max_attempts = max_attempts
         self.awaits = _is_async(handler)
         call = handler if timeout is None else _time_limited(name, handler, label, timeout)
         if slow_after:
             call = (_timed_async if self.awaits else _timed_sync)(call, label, slow_after)
         self.call: Callable[..., Any] = call
 
-    def options(self) -> dict[str, float | None]:
+    def options(self) -> dict[str, object]:
         """The options it was registered with, as ``on`` takes them."""
-        return {"timeout": self.timeout, "slow_after": self.slow_after}
+        options: dict[str, object] = {"timeout": self.timeout, "slow_after": self.slow_after}
+        if self.durable:
+            options.update(durable=True, id=self.id, max_attempts=self.max_attempts)
+        return options
 
 
-_handlers: collections.defaultdict[str, list[Registration]] = collections.defaultdict(list)
-"""Every registration, by event name, in registration order.
+class Entries(list[Registration]):
+    """One event's registrations as ``emit`` reads them: the list itself holds the in-process
+    ones, in order (what the delivery loop runs); ``durable`` the durable ones, ``every`` all of
+    them in registration order. Computed once per change, so an emit pays nothing for them."""
+
+    __slots__ = ("durable", "every")
+
+    def __init__(self, every: Sequence[Registration] = ()) -> None:
+        super().__init__(r for r in every if not r.durable)
+        self.every = tuple(every)
+        self.durable = tuple(r for r in every if r.durable)
+
+
+_handlers: collections.defaultdict[str, Entries] = collections.defaultdict(Entries)
+"""Every registration, by event name, as ``Entries`` (in-process ones in order, durable ones
+beside them).
 
 The registry's one piece of state. ``emit`` reads it through this global name on every call,
 so replacing it (``monkeypatch.setattr``) swaps the whole registry. Registration replaces a
 name's list instead of mutating it, so the list ``emit`` holds is its snapshot.
 """
 
+_NO_ENTRIES: Final = Entries()
 _registry_lock = threading.Lock()
 _current: Final = _context.current
 _deferral: Final = _pipeline.deferral
 
 
 def on(
-    name: str, *, timeout: float | None = None, slow_after: float | None = None
+    name: str,
+    *,
+    timeout: float | None = None,
+    slow_after: float | None = None,
+    durable: bool = False,
+    id: str | None = None,
+    max_attempts: int | None = None,
 ) -> Callable[[HandlerT], HandlerT]:
     """Register the decorated callable as a handler of the event ``name``.
 
     The decorator returns the callable unchanged. Registering the same callable again for the
     same name (with the same options) does nothing. Thread-safe.
+
+    With ``durable=True`` the handler is not run by ``emit``: each emit enqueues a job for it
+    through the installed durable transport, in the emitter's transaction, and a worker runs
+    it (``app.core.durable.run_job``), retrying it up to ``max_attempts`` runs.
 
     Args:
         name: The event name, ``<aggregate>.<verb>``.
@@ -154,21 +215,46 @@ def on(
         slow_after: Seconds after which a run of this handler is logged once as slow
             (``"event handler slow"``); overrides ``configure_tracing(slow_after=...)``, and
             ``0`` turns it off for this handler.
+        durable: Run it in a worker, from a job enqueued in the emitter's transaction.
+        id: A durable handler's stable identity, dotted lowercase (``"notify.welcome_mail"``),
+            unique in the process: queued jobs name the handler by it, so renaming the
+            function strands nothing. Required with ``durable=True``.
+        max_attempts: Runs of a durable handler's job before it is a dead letter (default 5).
 
     Raises:
         EventNameTypeError: ``name`` is not a ``str``.
         EventNameError: ``name`` breaks the naming convention.
         InvalidOptionError: ``timeout`` is not a positive, finite number of seconds, or
             ``slow_after`` is not a number of seconds >= 0.
+            A durable handler's ``id`` breaks the rule above, or ``max_attempts`` is not an
+            int >= 1; ``id`` or ``max_attempts`` without ``durable=True``.
         InvalidHandlerError: (from the decorator) the callable cannot be a handler, has a
             ``timeout`` but is not ``async``, or is already registered for ``name`` with
-            other options.
+            other options; a durable one is not ``async`` or has an ``id`` another durable
+            handler has.
     """
     check_name(name)
     slow_after = _check_options(timeout, slow_after)
+    if durable:
+        timeout = DEFAULT_DURABLE_TIMEOUT if timeout is None else timeout
+        max_attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
+        check_durable_options(id, max_attempts, timeout)
+    elif id is not None or max_attempts is not None:
+        raise InvalidOptionError(
+            f"id= and max_attempts= are options of durable handlers; pass durable=True to "
+            f"make the handler of {name!r} durable, or drop them."
+        )
 
     def register(handler: HandlerT) -> HandlerT:
         label = _check_handler(name, handler)
+        if durable and not _is_async(handler):
+            raise InvalidHandlerError(
+                f"cannot register {label} for {name!r} as durable: it is not async def. "
+                "Durable handlers run in a worker's event loop, with a timeout; make it "
+                "async def.",
+                event_name=name,
+                handler=handler,
+            )
         if timeout is not None and not _is_async(handler):
             raise InvalidHandlerError(
                 f"cannot register {label} for {name!r} with timeout={timeout!r}: it is a plain "
@@ -177,9 +263,17 @@ def on(
                 event_name=name,
                 handler=handler,
             )
-        registration = Registration(name, handler, label, timeout, slow_after)
+        registration = Registration(
+            name,
+            handler,
+            label,
+            timeout,
+            slow_after,
+            durable_id=id if durable else None,
+            max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
+        )
         with _registry_lock:
-            current = _handlers.get(name, [])
+            current = _every(_handlers.get(name, ()))
             for existing in current:
                 if _same_callable(existing.handler, handler):
                     if existing.options() != registration.options():
@@ -191,10 +285,33 @@ def on(
                             handler=handler,
                         )
                     return handler
-            _handlers[name] = [*current, registration]
+            if registration.durable:
+                _check_unique_id(name, registration)
+            _handlers[name] = Entries([*current, registration])
         return handler
 
     return register
+
+
+def _check_unique_id(name: str, registration: Registration) -> None:
+    """Raise InvalidHandlerError if another durable handler has ``registration``'s id; the
+    caller holds the registry lock."""
+    for other_name, entries in _handlers.items():
+        for other in _every(entries):
+            if other.durable and other.id == registration.id:
+                raise InvalidHandlerError(
+                    f"cannot register {registration.label} for {name!r} as durable with "
+                    f"id={registration.id!r}: {other.label} (for {other_name!r}) has it. A "
+                    "durable handler's id names its queued jobs, so it must be unique.",
+                    event_name=name,
+                    handler=registration.handler,
+                )
+
+
+def _every(entries: Sequence[Registration]) -> tuple[Registration, ...]:
+    """All registrations of a name's entries, durable ones included, in order."""
+    every: tuple[Registration, ...] | None = getattr(entries, "every", None)
+    return tuple(entries) if every is None else every
 
 
 def off(name: str, handler: Callable[..., Any]) -> None:
@@ -207,7 +324,7 @@ def off(name: str, handler: Callable[..., Any]) -> None:
     """
     check_name(name)
     with _registry_lock:
-        current = _handlers.get(name, [])
+        current = _every(_handlers.get(name, ()))
         remaining = [r for r in current if not _same_callable(r.handler, handler)]
         if len(remaining) == len(current):
             raise HandlerNotRegisteredError(
@@ -216,20 +333,35 @@ def off(name: str, handler: Callable[..., Any]) -> None:
                 handler=handler,
             )
         if remaining:
-            _handlers[name] = remaining
+            _handlers[name] = Entries(remaining)
         else:
             del _handlers[name]
 
 
 def handlers(name: str) -> tuple[Callable[..., Any], ...]:
-    """Return the handlers registered for ``name``, in registration order.
+    """Return the handlers registered for ``name``, in registration order, durable ones
+    included.
 
     Raises:
         EventNameTypeError: ``name`` is not a ``str``.
         EventNameError: ``name`` breaks the naming convention.
     """
     check_name(name)
-    return tuple(r.handler for r in _handlers.get(name, ()))
+    return tuple(r.handler for r in _every(_handlers.get(name, ())))
+
+
+def registrations(name: str) -> tuple[Registration, ...]:
+    """The registrations of ``name``, durable ones included, in registration order."""
+    return _every(_handlers.get(name, ()))
+
+
+def durable_registration(handler_id: str) -> Registration | None:
+    """The durable registration whose ``id`` is ``handler_id``, or None."""
+    for entries in list(_handlers.values()):
+        for registration in _every(entries):
+            if registration.id == handler_id:
+                return registration
+    return None
 
 
 async def emit(name: str, /, **kwargs: Any) -> None:
@@ -244,6 +376,10 @@ async def emit(name: str, /, **kwargs: Any) -> None:
     Inside a ``deferred_events()`` scope (``app.core.deferred``) the checks happen here and
     the delivery is queued until the scope ends cleanly.
 
+    If the event has durable handlers, one job per durable handler is enqueued at once, in
+    one round trip, through the installed transport (in the open unit of work, so a rollback
+    drops them); the in-process handlers keep the semantics above.
+
     Every check happens before any handler runs.
 
     Raises:
@@ -255,10 +391,19 @@ async def emit(name: str, /, **kwargs: Any) -> None:
         EventRecursionError: this emit, made by work done for an event, would be more than
             ``MAX_DEPTH`` events deep in its causal chain.
         ScopeClosedError: the deferral scope in force was discarded (its work rolled back).
+        PayloadError: the event has durable handlers and a value is not JSON (the message
+            names the field).
+        DurableDeliveryError: the event has durable handlers and no transport is installed,
+            or (from the transport) no unit of work is open.
     """
     event = admit(name, kwargs)
     if event is None:
         return
+    entries = _handlers.get(name, _NO_ENTRIES)
+    if entries.durable:
+        await _enqueue(name, kwargs, event, entries.durable)
+        if not entries:
+            return
     deferral = _deferral.get()
     if deferral is None or not deferral.defer(name, kwargs, event):
         await _pipeline.deliver(name, kwargs, event, _handlers.get(name, ()))
@@ -294,6 +439,54 @@ def admit(name: str, kwargs: dict[str, Any]) -> Event | None:
     if before is not None and not before(name, kwargs, event):
         return None
     return event
+
+
+async def _enqueue(
+    name: str, kwargs: dict[str, Any], event: Event, durable: Sequence[Registration]
+) -> None:
+    """Check that the payload is JSON and a transport is installed, then enqueue one job per
+    durable registration, all in one call."""
+    for field, value in kwargs.items():
+        problem = json_problem(value, f"field {field!r}")
+        if problem is not None:
+            raise PayloadError(
+                f"cannot emit {name!r}: {problem}. Its durable handlers "
+                f"({', '.join(str(r.id) for r in durable)}) get the payload as JSON: pass "
+                "str, int, float, bool, None, or lists and dicts of them.",
+                event_name=name,
+                missing=[],
+                unexpected=[],
+                wrong_types=[field],
+            )
+    transport = _pipeline.transport
+    if transport is None:
+        raise DurableDeliveryError(
+            f"cannot emit {name!r}: it has durable handlers "
+            f"({', '.join(str(r.id) for r in durable)}) and no durable transport is installed. "
+            "Install one (app.core.durable.install_transport; the service and the worker "
+            "install procrastinate's, app.durable), or make the handlers in-process.",
+            event_name=name,
+        )
+    payload = dict(kwargs)
+    ids = event.ids()
+    occurred_at = event.occurred_at
+    await transport.enqueue(
+        [
+            DurableJob(
+                event_name=name,
+                payload=payload,
+                handler_id=str(registration.id),
+                event_id=ids["event_id"],
+                correlation_id=ids["correlation_id"],
+                causation_id=ids.get("causation_id"),
+                depth=event.depth,
+                occurred_at=occurred_at,
+                max_attempts=registration.max_attempts,
+                timeout=registration.timeout or DEFAULT_DURABLE_TIMEOUT,
+            )
+            for registration in durable
+        ]
+    )
 
 
 async def _deliver(
@@ -363,7 +556,11 @@ def verify() -> None:
     Raises:
         CatalogueError: one or more problems; ``problems`` lists them, one line each.
     """
-    verify_registrations({name: handlers(name) for name in list(_handlers)})
+    names = list(_handlers)
+    verify_registrations(
+        {name: handlers(name) for name in names},
+        durable={name: [r.handler for r in registrations(name) if r.durable] for name in names},
+    )
 
 
 def _log_failure(event: Event, label: str, exc: Exception) -> None:
@@ -464,7 +661,7 @@ def _is_async(handler: object) -> bool:
     return not inspect.isroutine(handler) and inspect.iscoroutinefunction(call)
 
 
-def _format_options(options: dict[str, float | None]) -> str:
+def _format_options(options: dict[str, object]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in options.items())
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from app.core._checks import GENERATOR_FUNCTION, NO_VAR_KEYWORD, positional_only_problem
 from app.core._describe import plural
+from app.core._durable import json_friendly
 from app.core._names import name_problem, rename_hint
 from app.core._source import (
     REGISTRY_MODULES,
@@ -84,8 +85,11 @@ def check(found: Scan) -> list[Problem]:
         if emit_site.name is not None:
             emitted.add(emit_site.name)
         problems.extend(_emit_problems(emit_site, declared, names))
+    durable_ids: dict[str, HandlerSite] = {}
     for handler in found.handlers:
         problems.extend(_handler_problems(handler, declared, names))
+        if handler.durable:
+            problems.extend(_durable_problems(handler, declared, durable_ids))
         if handler.at_import and handler.module not in startup:
             problems.append(
                 Problem(
@@ -167,6 +171,43 @@ def _handler_problems(
     parameters = handler.signature.parameters if handler.signature is not None else {}
     for problem in parameter_problems(name, parameters, declaration.payload, declaration.optional):
         yield Problem(site, f"handler {handler.label} {problem}.")
+
+
+def _durable_problems(
+    handler: HandlerSite, declared: dict[str, Declaration], ids: dict[str, HandlerSite]
+) -> Iterator[Problem]:
+    """A durable handler without a literal id, with an id an earlier one has, or of an event
+    whose declared fields are not all of JSON types."""
+    site = handler.site
+    if handler.durable_id is None:
+        yield Problem(
+            site,
+            f"durable handler {handler.label} has no literal id=. Give it a stable id as a "
+            'string literal (id="package.what"): its queued jobs name it.',
+        )
+    else:
+        first = ids.setdefault(handler.durable_id, handler)
+        if first is not handler:
+            yield Problem(
+                site,
+                f"durable handler {handler.label} has id={handler.durable_id!r}, which "
+                f"{first.label} ({first.site}) has too. Give each durable handler its own id: "
+                "its queued jobs name it.",
+            )
+    declaration = declared.get(handler.name or "")
+    if declaration is None:
+        return
+    fields = {**declaration.payload, **declaration.optional}
+    unfriendly = [f"{name}: {kind}" for name, kind in fields.items() if not json_friendly(kind)]
+    if unfriendly:
+        yield Problem(
+            site,
+            f"durable handler {handler.label} handles {handler.name!r}, whose "
+            f"{plural(len(unfriendly), 'field', count=False)} {', '.join(unfriendly)} "
+            f"({declaration.site}) {'is' if len(unfriendly) == 1 else 'are'} not of a JSON "
+            "type. Its jobs carry the payload as JSON: declare int, float, str, bool, None, "
+            "list, dict or Any (or unions of them), or make the handler in-process.",
+        )
 
 
 def _signature_problem(signature: Signature) -> str | None:

@@ -6,6 +6,12 @@ Business packages define their tables on ``Base``. Work that emits events runs i
 a writing handler wait for that transaction's row locks, which it holds until it commits.)
 The entry point opens the database once (``open_database``) and closes it at shutdown.
 
+The session of the transaction open in this context is ``current_session()``: the durable
+transport enqueues jobs on its connection, so they commit or roll back with the business data.
+A worker running a durable handler opens the handler's transaction itself and ``join``s it:
+``transaction()`` inside the handler is then a savepoint of that transaction, whose commit also
+records the job in the inbox.
+
 The database is ``APP_DATABASE_URL`` or, when that is unset, the embedded server whose data
 lives in ``./.app-postgres/`` (``app.db.embedded``): the first process to open it starts it,
 others in the same folder join it, and the last to close it stops it.
@@ -14,8 +20,9 @@ others in the same folder join it, and the last to close it stops it.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -40,7 +47,10 @@ __all__ = [
     "Base",
     "DatabaseNotOpenError",
     "close_database",
+    "conninfo",
+    "current_session",
     "database_url",
+    "join",
     "open_database",
     "transaction",
     "unit_of_work",
@@ -61,6 +71,12 @@ class DatabaseNotOpenError(RuntimeError):
 _engine: AsyncEngine | None = None
 _sessions: async_sessionmaker[AsyncSession] | None = None
 _server: EmbeddedServer | None = None
+
+_session: ContextVar[AsyncSession | None] = ContextVar("app.db.session", default=None)
+"""The session of the innermost transaction open in this context."""
+
+_joined: ContextVar[AsyncSession | None] = ContextVar("app.db.joined", default=None)
+"""A transaction that ``transaction()`` joins (as a savepoint) instead of opening its own."""
 
 
 def database_url() -> str | None:
@@ -164,17 +180,63 @@ def _postgresql(url: str) -> URL:
     return parsed.set(drivername="postgresql+psycopg")
 
 
-@asynccontextmanager
-async def transaction() -> AsyncIterator[AsyncSession]:
-    """A session in its own transaction: committed when the block ends, rolled back if it raises.
+def conninfo() -> str:
+    """The open database as a libpq connection URI (``postgresql://...``), for other clients
+    (procrastinate's pool).
 
     Raises:
         DatabaseNotOpenError: the database is not open.
     """
+    if _engine is None:
+        raise DatabaseNotOpenError("the database is not open; call app.db.open_database() first")
+    return _engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def current_session() -> AsyncSession | None:
+    """The session of the transaction open in this context (``transaction()``,
+    ``unit_of_work()``), or None when none is open."""
+    session = _session.get()
+    return session if session is not None and session.in_transaction() else None
+
+
+@contextmanager
+def join(session: AsyncSession) -> Iterator[None]:
+    """Make ``transaction()`` in this block a savepoint of ``session``'s transaction, whose
+    owner commits it (a worker running a durable handler does)."""
+    token = _joined.set(session)
+    try:
+        yield
+    finally:
+        _joined.reset(token)
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[AsyncSession]:
+    """A session in its own transaction: committed when the block ends, rolled back if it raises.
+
+    Inside a durable handler (see ``join``) it is a savepoint of the handler's transaction:
+    released when the block ends, rolled back if it raises, committed with the job's inbox row.
+
+    Raises:
+        DatabaseNotOpenError: the database is not open.
+    """
+    joined = _joined.get()
+    if joined is not None:
+        async with joined.begin_nested():
+            token = _session.set(joined)
+            try:
+                yield joined
+            finally:
+                _session.reset(token)
+        return
     if _sessions is None:
         raise DatabaseNotOpenError("the database is not open; call app.db.open_database() first")
     async with _sessions.begin() as session:
-        yield session
+        token = _session.set(session)
+        try:
+            yield session
+        finally:
+            _session.reset(token)
 
 
 @asynccontextmanager

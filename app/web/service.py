@@ -5,17 +5,21 @@ checks them against the event catalogue (start-up fails with the report if it do
 opens the database (``APP_DATABASE_URL``, or by default the embedded PostgreSQL in
 ``./.app-postgres/``: see ``app.db``), turns tracing on (each handler's log lines carry its
 event, chain and handler; the chain's correlation id is the request id) and owns the
-``BackgroundEmitter`` that delivers each successful request's events after its response.
+``BackgroundEmitter`` that delivers each successful request's events after its response. It
+also gives the process durable delivery (``app.durable.running``: procrastinate's tables, the
+transport, and one embedded worker unless ``APP_WORKER=off``).
 
 Each route commits its unit of work before it returns, so a 2xx is only sent for work that
-is committed, and a commit that fails is a 500 that delivers nothing. Input is refused with
-422 before it reaches the database: integers beyond the 32-bit columns that hold them, text
-with NUL or lone surrogates, JSON with ``NaN``, infinities or absurd nesting.
+is committed (its durable jobs included), and a commit that fails is a 500 that delivers
+nothing. Input is refused with 422 before it reaches the database: integers beyond the 32-bit
+columns that hold them, text with NUL or lone surrogates, JSON with ``NaN``, infinities or
+absurd nesting.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Final, TypeVar
@@ -27,7 +31,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app import db
+from app import db, durable
 from app.bootstrap import load_business_packages
 from app.business import audit, notify
 from app.business.hr import (
@@ -269,7 +273,10 @@ def create_app(
         await db.open_database(database_url, statement_timeout=statement_timeout)
         tracing_before = configure_tracing(slow_after=slow_handler_after)
         try:
-            async with BackgroundEmitter(grace_period=grace_period) as emitter:
+            async with (
+                durable.running(worker=os.environ.get("APP_WORKER", "on") != "off"),
+                BackgroundEmitter(grace_period=grace_period) as emitter,
+            ):
                 app.state.emitter = emitter
                 yield
                 await shutdown.drain(emitter)

@@ -13,11 +13,12 @@ from app.utils import current_event, on
 log = structlog.get_logger(__name__)
 
 
-@on("employee.status_changed")
+@on("employee.status_changed", durable=True, id="audit.status_change", timeout=30.0)
 async def record_status_change(
     *, employee_id: int, from_state: str, to_state: str, actor_id: int, **_: Any
 ) -> None:
-    """Record a status change in the audit trail, in a transaction of its own."""
+    """Record a status change in the audit trail. Durable: an audit trail must not lose an
+    entry, and the entry commits with the job's inbox row, so it is written exactly once."""
     event = current_event()
     async with db.transaction() as session:
         session.add(

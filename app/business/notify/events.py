@@ -13,9 +13,10 @@ from app.utils import current_event, on
 log = structlog.get_logger(__name__)
 
 
-@on("employee.created")
+@on("employee.created", durable=True, id="notify.welcome_mail", max_attempts=5, timeout=30.0)
 async def send_welcome_mail(*, employee_id: int, department_id: int, **_: Any) -> None:
-    """Queue the welcome mail of a new employee, in a transaction of its own."""
+    """Queue the welcome mail of a new employee. Durable: a worker runs it, and its
+    transaction commits with the job's inbox row, so the mail is written exactly once."""
     event = current_event()
     async with db.transaction() as session:
         session.add(
@@ -27,3 +28,10 @@ async def send_welcome_mail(*, employee_id: int, department_id: int, **_: Any) -
             )
         )
     log.info("welcome mail queued", employee_id=employee_id)
+
+
+@on("employee.created")
+def announce_new_employee(*, department_id: int, **_: Any) -> None:
+    """Log the new employee, in-process and after the commit: cheap and losable, so it need
+    not be durable."""
+    log.info("new employee announced", department_id=department_id)

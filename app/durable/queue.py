@@ -1,0 +1,301 @@
+"""Durable handlers on procrastinate: the transport, the one task, retries, recovery, workers.
+
+Every durable job is one procrastinate job of the task ``TASK_NAME`` whose only argument is
+the ``DurableJob`` as JSON. procrastinate's queue is a table of the application's database, so
+the transport writes the jobs on the connection of the caller's open transaction
+(``app.db.current_session()``), all of one emit in one statement: they commit or roll back with
+the business data. Its worker is asyncio-only, so durable delivery is asyncio-only.
+
+A run opens a unit of work, claims the inbox row ``(event_id, handler_id)`` (a run that finds
+it already committed skips the handler), joins the handler to that transaction
+(``app.db.join``) and commits both together. A failure rolls both back, is recorded
+(``FailedRun``: error, traceback summary, attempt count) and is retried with exponential
+backoff until ``max_attempts`` runs; then the job stays ``failed``: a dead letter.
+
+Workers beat every ``HEARTBEAT`` seconds; every ``RECOVERY_EVERY`` seconds each worker re-queues
+the running jobs of workers silent for ``STALLED_AFTER`` seconds (killed with ``-9``, host
+lost), so such jobs run again within about 15 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import traceback
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import procrastinate
+import structlog
+from procrastinate.job_context import JobContext
+from procrastinate.jobs import Job, Status
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from procrastinate.schema import SchemaManager
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
+
+from app import db
+from app.core.catalogue import declared
+from app.core.durable import DurableDeliveryError, DurableJob, install_transport, run_job
+from app.core.events import registrations
+from app.durable.store import FailedRun, InboxEntry
+
+__all__ = [
+    "HEARTBEAT",
+    "RECOVERY_EVERY",
+    "STALLED_AFTER",
+    "TASK_NAME",
+    "ExponentialBackoff",
+    "ProcrastinateTransport",
+    "ensure_schema",
+    "make_app",
+    "recover_lost_jobs",
+    "running",
+    "work",
+]
+
+log = structlog.get_logger(__name__)
+
+TASK_NAME: Final = "app.durable.deliver"
+HEARTBEAT: Final = 2.0
+"""Seconds between a worker's heartbeats."""
+STALLED_AFTER: Final = 10.0
+"""Seconds without a heartbeat after which a worker is taken for lost and its jobs re-queued."""
+RECOVERY_EVERY: Final = 2.0
+"""Seconds between two looks for the jobs of lost workers."""
+POLL_EVERY: Final = 1.0
+"""Seconds between a worker's polls (new jobs also arrive by LISTEN/NOTIFY; retries do not)."""
+MAX_BACKOFF: Final = 300.0
+_TRACEBACK_LINES: Final = 12
+_SCHEMA_LOCK: Final = 0x70726F63  # advisory lock: concurrent start-ups apply the schema once
+
+
+def backoff_base() -> float:
+    """Seconds before the first retry (doubled at each one): ``APP_DURABLE_BACKOFF``, else 1."""
+    return float(os.environ.get("APP_DURABLE_BACKOFF") or 1.0)
+
+
+class ExponentialBackoff(BaseRetryStrategy):
+    """Retry a failed run after ``base * 2 ** (runs so far - 1)`` seconds (at most
+    ``MAX_BACKOFF``), until the job's own ``max_attempts`` runs have failed."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        data: Any = job.task_kwargs["job"]
+        max_attempts = int(data["max_attempts"])
+        if job.attempts + 1 >= max_attempts:
+            return None
+        delay = min(backoff_base() * 2**job.attempts, MAX_BACKOFF)
+        return RetryDecision(retry_in={"seconds": delay})
+
+
+class ProcrastinateTransport:
+    """The durable transport: writes jobs through the open transaction's connection."""
+
+    def __init__(self, app: procrastinate.App) -> None:
+        self._task = app.tasks[TASK_NAME]
+
+    async def enqueue(self, jobs: Sequence[DurableJob]) -> None:
+        """Write ``jobs`` as procrastinate jobs in one statement, in the current transaction.
+
+        Raises:
+            DurableDeliveryError: no transaction is open in this context.
+        """
+        session = db.current_session()
+        if session is None:
+            name = jobs[0].event_name
+            raise DurableDeliveryError(
+                f"cannot emit {name!r} outside a unit of work: its durable handlers "
+                f"({', '.join(job.handler_id for job in jobs)}) get jobs written in the "
+                "emitter's transaction. Emit inside `async with app.db.unit_of_work():`.",
+                event_name=name,
+            )
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        deferrer = self._task.configure(connection=raw.driver_connection)
+        arguments: list[dict[str, Any]] = [{"job": job.to_json()} for job in jobs]
+        await deferrer.batch_defer_async(*arguments)
+
+
+def make_app(conninfo: str, *, concurrency: int = 1) -> procrastinate.App:
+    """A procrastinate app on ``conninfo`` with the one task that runs durable jobs."""
+    connector = procrastinate.PsycopgConnector(
+        conninfo=conninfo, min_size=1, max_size=concurrency + 4
+    )
+    app = procrastinate.App(connector=connector)
+    app.task(name=TASK_NAME, pass_context=True, retry=ExponentialBackoff())(_deliver)
+    return app
+
+
+async def _deliver(context: JobContext, job: dict[str, Any]) -> None:
+    """Run one durable job once; record and re-raise its failure (procrastinate retries)."""
+    durable_job = DurableJob.from_json(job)
+    try:
+        await _run_once(durable_job)
+    except Exception as error:
+        await _record_failure(context.job, durable_job, error)
+        raise
+
+
+async def _run_once(job: DurableJob) -> None:
+    async with db.unit_of_work() as session:
+        claimed = await session.scalar(
+            insert(InboxEntry)
+            .values(event_id=job.event_id, handler_id=job.handler_id)
+            .on_conflict_do_nothing()
+            .returning(InboxEntry.event_id)
+        )
+        if claimed is None:
+            log.info(
+                "durable job already done",
+                event_name=job.event_name,
+                event_id=job.event_id,
+                handler_id=job.handler_id,
+            )
+            return
+        with db.join(session):
+            await run_job(job)
+
+
+async def _record_failure(procrastinate_job: Job, job: DurableJob, error: Exception) -> None:
+    """Keep the run's error for ``events dead``, and log it once; never raises."""
+    attempts = procrastinate_job.attempts + 1
+    summary = "".join(traceback.format_exception(error)[-_TRACEBACK_LINES:])
+    message = f"{type(error).__qualname__}: {error}"
+    log.error(
+        "durable handler failed",
+        event_name=job.event_name,
+        event_id=job.event_id,
+        correlation_id=job.correlation_id,
+        handler_id=job.handler_id,
+        job_id=procrastinate_job.id,
+        attempt=attempts,
+        max_attempts=job.max_attempts,
+        error=message,
+    )
+    values = {"attempts": attempts, "error": message, "traceback": summary}
+    statement = (
+        insert(FailedRun)
+        .values(
+            job_id=procrastinate_job.id,
+            handler_id=job.handler_id,
+            event_name=job.event_name,
+            event_id=job.event_id,
+            **values,
+        )
+        .on_conflict_do_update(index_elements=[FailedRun.job_id], set_=values)
+    )
+    try:
+        async with db.transaction() as session:
+            await session.execute(statement)
+    except Exception:
+        log.exception("durable failure not recorded", job_id=procrastinate_job.id)
+
+
+async def ensure_schema() -> None:
+    """Create the inbox and failure tables, and procrastinate's unless they exist (its schema
+    cannot be applied twice); concurrent start-ups take turns."""
+    async with db.transaction() as session:
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        connection = await session.connection()
+        tables = [db.Base.metadata.tables[model.__tablename__] for model in (InboxEntry, FailedRun)]
+        await connection.run_sync(lambda sync: db.Base.metadata.create_all(sync, tables=tables))
+        if await session.scalar(text("SELECT to_regclass('procrastinate_jobs')")) is None:
+            connection = await session.connection()
+            raw: Any = (await connection.get_raw_connection()).driver_connection
+            await raw.execute(SchemaManager.get_schema())
+
+
+async def recover_lost_jobs(app: procrastinate.App) -> list[int]:
+    """Re-queue the running jobs of workers silent for ``STALLED_AFTER`` seconds; a job whose
+    lost run was its last allowed one becomes a dead letter instead (a handler that kills its
+    worker every time must not loop forever). Returns the ids re-queued or failed."""
+    stalled = await app.job_manager.get_stalled_jobs(
+        task_name=TASK_NAME, seconds_since_heartbeat=STALLED_AFTER
+    )
+    for job in stalled:
+        assert job.id is not None  # noqa: S101 - jobs read from the table have ids
+        durable_job = DurableJob.from_json(job.task_kwargs["job"])  # type: ignore[arg-type]
+        if job.attempts + 1 >= durable_job.max_attempts:
+            lost = WorkerLostError(
+                "the worker running it stopped beating (killed, or its host was lost) during "
+                "its last allowed run"
+            )
+            await _record_failure(job, durable_job, lost)
+            await app.job_manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
+        else:
+            await app.job_manager.retry_job(job)
+            log.warning("durable job of a lost worker re-queued", job_id=job.id)
+    return [job.id for job in stalled if job.id is not None]
+
+
+class WorkerLostError(RuntimeError):
+    """A durable job's run ended with its worker lost (the recorded error of such a run)."""
+
+
+async def _recover_lost_jobs(app: procrastinate.App) -> None:
+    """Every ``RECOVERY_EVERY`` seconds, ``recover_lost_jobs``."""
+    while True:
+        await asyncio.sleep(RECOVERY_EVERY)
+        try:
+            await recover_lost_jobs(app)
+        except Exception:
+            log.exception("durable recovery failed")
+
+
+def shutdown_grace() -> float:
+    """Seconds a stopping worker waits for running jobs: the longest durable timeout."""
+    timeouts = [r.timeout or 0.0 for name in declared() for r in registrations(name) if r.durable]
+    return max(timeouts, default=0.0) + 1.0
+
+
+async def work(
+    app: procrastinate.App,
+    *,
+    concurrency: int = 1,
+    wait: bool = True,
+    signals: bool = False,
+) -> None:
+    """Run a worker on ``app`` (open) until stopped (cancelled, or a signal if ``signals``),
+    or, without ``wait``, until no job is left; lost workers' jobs are re-queued meanwhile."""
+    recovery = asyncio.create_task(_recover_lost_jobs(app), name="durable recovery")
+    try:
+        await app.run_worker_async(
+            concurrency=concurrency,
+            wait=wait,
+            install_signal_handlers=signals,
+            shutdown_graceful_timeout=shutdown_grace(),
+            update_heartbeat_interval=HEARTBEAT,
+            stalled_worker_timeout=STALLED_AFTER,
+            fetch_job_polling_interval=POLL_EVERY,
+            abort_job_polling_interval=POLL_EVERY * 5,
+        )
+    finally:
+        recovery.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recovery
+
+
+@contextlib.asynccontextmanager
+async def running(
+    *, worker: bool = False, concurrency: int = 1
+) -> AsyncIterator[procrastinate.App]:
+    """Durable delivery for this process, on the open database: procrastinate's schema made if
+    missing, its app open, the transport installed, and, with ``worker``, a worker running
+    in the background (stopped on exit: running jobs get up to their timeout).
+    """
+    await ensure_schema()
+    app = make_app(db.conninfo(), concurrency=concurrency)
+    async with app.open_async():
+        undo = install_transport(ProcrastinateTransport(app))
+        task = None
+        try:
+            if worker:
+                task = asyncio.create_task(work(app, concurrency=concurrency), name="worker")
+            yield app
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            undo()

@@ -1,0 +1,451 @@
+"""Durable handlers on procrastinate over the real PostgreSQL: enqueue in the business
+transaction, the inbox, dead letters and retries, and real worker processes killed with -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from durable_helpers import HANDLER_ID, Mark, register
+from sqlalchemy import select, text
+
+from app import db, durable
+from app.business import audit, notify
+from app.business.hr import create_employee
+from app.core.durable import DurableDeliveryError
+from app.core.events import emit, on
+from app.durable import admin
+
+pytestmark = pytest.mark.anyio
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def anyio_backend():
+    """Durable delivery is procrastinate's, on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def queue(database_url):
+    """The database, open and empty, with durable delivery and no worker: the procrastinate app."""
+    await db.open_database(database_url)
+    try:
+        async with durable.running() as app:
+            yield app
+    finally:
+        await db.close_database()
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """The file the tests' durable handler appends each run to (here and in workers)."""
+    path = tmp_path / "runs.txt"
+    path.touch()
+    monkeypatch.setenv("TEST_RUNS_FILE", str(path))
+    monkeypatch.setenv("APP_DURABLE_BACKOFF", "0")
+    return path
+
+
+def started(runs: Path) -> list[str]:
+    """The ``start <event_id> <pid>`` lines written so far."""
+    return runs.read_text().splitlines()
+
+
+async def scalar(query: str) -> int:
+    async with db.transaction() as session:
+        return int(await session.scalar(text(query)) or 0)
+
+
+async def create(count: int = 1) -> list[int]:
+    """Create ``count`` employees, each in its own unit of work; return their ids."""
+    ids = []
+    for index in range(count):
+        async with db.unit_of_work() as session:
+            employee = await create_employee(
+                session, name=f"e{index}", department_id=7, created_by=1
+            )
+            ids.append(employee.id)
+    return ids
+
+
+async def marks() -> list[tuple[int, str, int]]:
+    async with db.transaction() as session:
+        rows = await session.execute(select(Mark.employee_id, Mark.event_id, Mark.pid))
+        return sorted(tuple(row) for row in rows)
+
+
+async def eventually(check, within: float) -> None:
+    """Wait until the async ``check()`` is true, at most ``within`` seconds."""
+    with anyio.fail_after(within):
+        while not await check():  # noqa: ASYNC110 - polls the database
+            await anyio.sleep(0.1)
+
+
+@contextmanager
+def worker_process(tmp_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker process (``python -m app worker`` with the tests' handler), killed at
+    the end if still running."""
+    log = (tmp_path / f"worker-{time.monotonic_ns()}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, str(TESTS / "durable_worker.py"), *args],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        log.close()
+
+
+async def test_a_rollback_leaves_no_job_and_a_commit_one_per_durable_handler(queue):
+    """Jobs are written in the business transaction: none after a rollback, one per durable
+    handler after the commit, carrying the event's ids."""
+    register()
+    with pytest.raises(RuntimeError, match="after the emit"):  # noqa: PT012 - the whole unit
+        async with db.unit_of_work() as session:
+            await create_employee(session, name="Ada", department_id=7, created_by=1)
+            raise RuntimeError("fails after the emit")
+    assert await scalar("SELECT count(*) FROM procrastinate_jobs") == 0
+    [employee_id] = await create()
+    async with db.transaction() as session:
+        rows = await session.execute(
+            text("SELECT status::text, args->'job' FROM procrastinate_jobs ORDER BY id")
+        )
+        jobs = [tuple(row) for row in rows]
+    assert [(status, job["handler_id"]) for status, job in jobs] == [
+        ("todo", "notify.welcome_mail"),
+        ("todo", HANDLER_ID),
+    ]
+    assert {job["event_id"] for _, job in jobs} == {jobs[0][1]["correlation_id"]}
+    assert jobs[0][1]["payload"] == {
+        "employee_id": employee_id,
+        "department_id": 7,
+        "created_by": 1,
+    }
+
+
+async def test_a_durable_emit_outside_a_unit_of_work_is_refused(queue):
+    """With the transport installed but no transaction open, emit raises before any handler."""
+    ran = []
+    on("employee.created")(lambda **kwargs: ran.append(kwargs))
+    with pytest.raises(DurableDeliveryError) as caught:
+        await emit("employee.created", employee_id=1, department_id=7, created_by=1)
+    assert str(caught.value) == (
+        "cannot emit 'employee.created' outside a unit of work: its durable handlers "
+        "(notify.welcome_mail) get jobs written in the emitter's transaction. Emit inside "
+        "`async with app.db.unit_of_work():`."
+    )
+    assert ran == []
+    assert await scalar("SELECT count(*) FROM procrastinate_jobs") == 0
+
+
+async def test_a_job_run_again_after_its_commit_skips_the_handler(queue, runs):
+    """The inbox: a job whose run committed but was not marked done (a crash in between) runs
+    again without running the handler, so its database effect stays single."""
+    register()
+    [employee_id] = await create()
+    await durable.work(queue, wait=False)
+    [(_, event_id, _)] = await marks()
+    assert await scalar("SELECT count(*) FROM durable_inbox") == 2
+    await scalar("UPDATE procrastinate_jobs SET status = 'todo' RETURNING 1")  # the crash
+    await durable.work(queue, wait=False)
+    assert await scalar("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'") == 0
+    assert [line.split()[1] for line in started(runs)] == [event_id]
+    assert [m[:2] for m in await marks()] == [(employee_id, event_id)]
+    async with db.transaction() as session:
+        assert len(await notify.list_outbox(session)) == 1
+
+
+async def test_a_worker_process_runs_the_jobs_of_another_process(queue, runs, tmp_path):
+    """`python -m app worker` (here with the tests' handler) joins the same database and runs
+    the jobs this process enqueued, as work done for the original event; SIGTERM stops it."""
+    register()
+    employee_ids = await create(3)
+    with worker_process(tmp_path) as worker:
+        await eventually(lambda: _count_marks(3), within=20)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    async with db.transaction() as session:
+        rows = await session.execute(
+            text(
+                "SELECT args->'job' FROM procrastinate_jobs WHERE args->'job'->>'handler_id' = :id"
+            ),
+            {"id": HANDLER_ID},
+        )
+        enqueued = sorted((job["payload"]["employee_id"], job["event_id"]) for (job,) in rows)
+    found = await marks()
+    assert [(employee_id, event_id) for employee_id, event_id, _ in found] == enqueued
+    assert [employee_id for employee_id, _ in enqueued] == employee_ids
+    assert {pid for _, _, pid in found} == {worker.pid}
+    assert sorted(line.split()[1] for line in started(runs)) == sorted(e for _, e in enqueued)
+    assert await _jobs_left() == 0
+
+
+async def _count_marks(expected: int) -> bool:
+    return len(await marks()) >= expected
+
+
+async def _jobs_left() -> int:
+    return await scalar("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
+
+
+async def test_a_handler_failing_every_time_becomes_a_dead_letter_and_retry_delivers_it(
+    queue, runs, tmp_path, monkeypatch
+):
+    """A job failing each run runs exactly max_attempts times, shows in `events dead` with its
+    error and attempts; once fixed, `events retry --all` delivers it once."""
+    failing = tmp_path / "fail"
+    failing.touch()
+    monkeypatch.setenv("TEST_FAIL_FILE", str(failing))
+    register(max_attempts=3)
+    await create()
+    await durable.work(queue, wait=False)
+    assert len(started(runs)) == 3
+    dead = run_app("events", "dead")
+    assert dead.returncode == 0, dead.stderr
+    [job_id] = [line.split()[1].rstrip(":") for line in dead.stdout.splitlines() if "job " in line]
+    assert f"job {job_id}: {HANDLER_ID} for employee.created (event " in dead.stdout
+    assert "), 3 attempts, last failed " in dead.stdout
+    assert ": ConnectionError: mark server down\n" in dead.stdout
+    assert "    ConnectionError: mark server down" in dead.stdout  # the traceback summary
+    assert dead.stdout.endswith("1 dead letter.\n")
+    jobs = run_app("events", "jobs")
+    assert "failed     1\nsucceeded  1\n2 durable jobs; oldest waiting: none\n" in jobs.stdout
+    failing.unlink()
+    retried = run_app("events", "retry", "--all")
+    assert retried.stdout == f"retried 1 job: {job_id}\n"
+    await durable.work(queue, wait=False)
+    assert len(started(runs)) == 4
+    assert len(await marks()) == 1
+    assert run_app("events", "dead").stdout == "0 dead letters.\n"
+    assert run_app("events", "retry", job_id).returncode == 1  # no longer a dead letter
+
+
+def run_app(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_a_worker_killed_mid_run_is_replaced_and_the_job_runs_again_once(
+    queue, runs, tmp_path
+):
+    """A worker killed with -9 in the middle of a handler: another worker re-runs the job
+    (the lost worker's silence is noticed), and the database holds its effect once."""
+    register()
+    await create()
+    with worker_process(tmp_path, TEST_SLOW="30") as doomed:
+        await eventually(lambda: _started(runs, 1), within=20)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    killed_at = time.monotonic()
+    with worker_process(tmp_path) as rescuer:
+        await eventually(lambda: _count_marks(1), within=40)
+        recovered_in = time.monotonic() - killed_at
+        rescuer.send_signal(signal.SIGTERM)
+        assert rescuer.wait(timeout=20) == 0
+    first, second = (line.split() for line in started(runs))
+    assert first[1] == second[1]  # the same event
+    assert (int(first[2]), int(second[2])) == (doomed.pid, rescuer.pid)
+    [(_, event_id, pid)] = await marks()
+    assert (event_id, pid) == (first[1], rescuer.pid)
+    inbox = "SELECT count(*) FROM durable_inbox WHERE handler_id = 'tests.mark'"
+    assert await scalar(inbox) == 1
+    assert recovered_in < 25
+
+
+async def test_two_worker_processes_share_the_load_and_run_each_job_once(queue, runs, tmp_path):
+    """Two workers on one queue: both take jobs, and each job runs exactly once."""
+    register()
+    with (
+        worker_process(tmp_path, TEST_SLOW="0.05") as one,
+        worker_process(tmp_path, TEST_SLOW="0.05") as two,
+    ):
+        await eventually(lambda: _workers(2), within=30)
+        employee_ids = await create(20)
+        await eventually(lambda: _count_marks(20), within=30)
+        await eventually(lambda: _no_jobs_left(), within=10)
+        one.send_signal(signal.SIGTERM)
+        two.send_signal(signal.SIGTERM)
+        assert (one.wait(timeout=20), two.wait(timeout=20)) == (0, 0)
+    found = await marks()
+    assert [employee_id for employee_id, _, _ in found] == employee_ids
+    event_ids = [line.split()[1] for line in started(runs)]
+    assert sorted(event_ids) == sorted(event_id for _, event_id, _ in found)  # once each
+    assert {pid for _, _, pid in found} == {one.pid, two.pid}
+    async with db.transaction() as session:
+        assert len(await notify.list_outbox(session)) == 20
+
+
+async def test_the_web_process_killed_right_after_its_responses_delivers_all_after_restart(
+    queue, tmp_path
+):
+    """`serve` killed with -9 right after 20 creates and 20 status changes: started again, it
+    delivers exactly one welcome mail per employee and one audit row per change."""
+    from test_serve import free_port, wait_until_up
+
+    def serve(port: int) -> subprocess.Popen[str]:
+        with (tmp_path / f"serve-{time.monotonic_ns()}.log").open("w") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", str(port)],
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = serve(port)
+    try:
+        wait_until_up(f"{base}/audit", server)
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+            async def change(index: int) -> None:
+                created = await client.post(
+                    "/employees", json={"name": f"e{index}", "department_id": 7, "created_by": 1}
+                )
+                assert created.status_code == 201
+                moved = await client.post(
+                    f"/employees/{created.json()['id']}/status",
+                    json={"to_state": "active", "actor_id": 1},
+                )
+                assert moved.status_code == 200
+
+            async with anyio.create_task_group() as group:
+                for index in range(20):
+                    group.start_soon(change, index)
+        server.send_signal(signal.SIGKILL)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    restarted = serve(port)
+    try:
+        wait_until_up(f"{base}/audit", restarted)
+        await eventually(lambda: _delivered(20), within=40)
+        # A job the killed process ran may still be "doing" until the lost worker is noticed;
+        # re-run then, it finds its inbox row and changes nothing.
+        await eventually(lambda: _no_jobs_left(), within=30)
+        async with db.transaction() as session:
+            mails = await notify.list_outbox(session)
+            entries = await audit.list_audit(session)
+        assert sorted(m.employee_id for m in mails) == list(range(1, 21))
+        assert sorted(e.employee_id for e in entries) == list(range(1, 21))
+    finally:
+        restarted.send_signal(signal.SIGINT)
+        assert restarted.wait(timeout=30) == 0
+
+
+async def _started(runs: Path, count: int) -> bool:
+    return len(started(runs)) >= count
+
+
+async def _workers(count: int) -> bool:
+    return await scalar("SELECT count(*) FROM procrastinate_workers") >= count
+
+
+async def _no_jobs_left() -> bool:
+    return await _jobs_left() == 0
+
+
+async def _delivered(count: int) -> bool:
+    async with db.transaction() as session:
+        return (
+            len(await notify.list_outbox(session)) >= count
+            and len(await audit.list_audit(session)) >= count
+        )
+
+
+async def test_sigterm_lets_a_running_handler_finish(queue, runs, tmp_path):
+    """SIGTERM during a handler's run: the worker lets it finish and commit, then exits 0."""
+    register()
+    await create()
+    with worker_process(tmp_path, TEST_SLOW="2") as worker:
+        await eventually(lambda: _started(runs, 1), within=20)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    [(_, event_id, pid)] = await marks()
+    assert (event_id, pid) == (started(runs)[0].split()[1], worker.pid)
+    assert (
+        await scalar(
+            "SELECT count(*) FROM procrastinate_jobs "
+            "WHERE args->'job'->>'handler_id' = 'tests.mark' AND status = 'succeeded'"
+        )
+        == 1
+    )
+
+
+async def test_app_worker_off_leaves_the_jobs_to_workers(database_url, monkeypatch):
+    """With APP_WORKER=off the service enqueues but runs no durable job itself."""
+    from test_service import NEW_EMPLOYEE, client_for
+
+    from app.web.service import create_app
+
+    monkeypatch.setenv("APP_WORKER", "off")
+    app = create_app(database_url)
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        assert (await client.post("/employees", json=NEW_EMPLOYEE)).status_code == 201
+        await anyio.sleep(1.5)  # an embedded worker would have run it by now
+        assert (await client.get("/outbox")).json() == []
+        async with db.transaction() as session:
+            statuses = await session.scalars(text("SELECT status::text FROM procrastinate_jobs"))
+            assert list(statuses) == ["todo"]
+
+
+async def test_the_jobs_of_a_lost_worker_are_requeued_or_dead_at_their_last_attempt(queue):
+    """A job left running by a silent worker is queued again, unless that run was its last
+    allowed one: then it is a dead letter whose error says the worker was lost."""
+    register(max_attempts=3)
+    await create()
+    async with db.transaction() as session:
+        lost = await session.scalar(
+            text(
+                "INSERT INTO procrastinate_workers (last_heartbeat) "
+                "VALUES (now() - interval '1 hour') RETURNING id"
+            )
+        )
+        await session.execute(
+            text(
+                "UPDATE procrastinate_jobs SET status = 'doing', worker_id = :lost, attempts = "
+                "CASE WHEN args->'job'->>'handler_id' = 'tests.mark' THEN 2 ELSE 0 END"
+            ),
+            {"lost": lost},
+        )
+    assert len(await durable.recover_lost_jobs(queue)) == 2
+    async with db.transaction() as session:
+        rows = await session.execute(
+            text(
+                "SELECT args->'job'->>'handler_id', status::text, attempts FROM procrastinate_jobs "
+                "ORDER BY id"
+            )
+        )
+        assert [tuple(row) for row in rows] == [
+            ("notify.welcome_mail", "todo", 1),
+            (HANDLER_ID, "failed", 3),
+        ]
+    [letter] = await admin.dead_letters()
+    assert (letter.handler_id, letter.attempts) == (HANDLER_ID, 3)
+    assert letter.error == (
+        "WorkerLostError: the worker running it stopped beating (killed, or its host was lost) "
+        "during its last allowed run"
+    )
+    assert await durable.recover_lost_jobs(queue) == []
