@@ -119,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s, or APP_BODY_TIMEOUT)",
     )
     serve.add_argument(
+        "--keep-alive",
+        type=float,
+        default=_env("APP_KEEP_ALIVE", float, 65.0),
+        metavar="SECONDS",
+        help="close a client's idle connection after this; keep it longer than the idle "
+        "timeout of the clients and proxies in front, or a request they send on a "
+        "connection being closed fails (default: %(default)s, or APP_KEEP_ALIVE)",
+    )
+    serve.add_argument(
         "--grace-period",
         type=float,
         default=_env("APP_GRACE_PERIOD", float, 10.0),
@@ -230,7 +239,13 @@ def _serve(args: argparse.Namespace) -> int:
         body_timeout=args.body_timeout,
         statement_timeout=args.statement_timeout,
     )
-    server.run(app, host=args.host, port=args.port, grace_period=args.grace_period)
+    server.run(
+        app,
+        host=args.host,
+        port=args.port,
+        grace_period=args.grace_period,
+        keep_alive=args.keep_alive,
+    )
     return 0
 
 

@@ -59,7 +59,9 @@ class _Server(uvicorn.Server):
         await once()  # uvicorn skips it after a second signal; the deliveries must be logged
 
 
-def run(app: FastAPI, *, host: str, port: int, grace_period: float) -> None:
+def run(
+    app: FastAPI, *, host: str, port: int, grace_period: float, keep_alive: float = 65.0
+) -> None:
     """Serve ``app`` (built by ``create_app``) until a signal; see the module's docstring.
 
     Args:
@@ -67,6 +69,10 @@ def run(app: FastAPI, *, host: str, port: int, grace_period: float) -> None:
         host: The address to bind.
         port: The port to bind.
         grace_period: Seconds the first signal waits for requests in flight.
+        keep_alive: Seconds an idle connection is kept open. Longer than the idle timeout of
+            the clients and proxies in front (httpx's and uvicorn's default are both 5 s):
+            otherwise a client can send a request on a connection the server is closing, and
+            that request fails with no response.
     """
     config = uvicorn.Config(
         app,
@@ -74,6 +80,7 @@ def run(app: FastAPI, *, host: str, port: int, grace_period: float) -> None:
         port=port,
         log_config=None,
         timeout_graceful_shutdown=math.ceil(grace_period),
+        timeout_keep_alive=math.ceil(keep_alive),
     )
     # uvicorn raises the signal it caught again once it has shut down: SIGINT ends here as
     # KeyboardInterrupt, which is a clean exit (as with uvicorn.run).
