@@ -1,12 +1,12 @@
 """Load the reference service over loopback and check that no delivery is lost or doubled.
 
 Starts ``python -m app serve`` in a subprocess on a free loopback port, over an embedded
-PostgreSQL in a temporary folder, sends ``--creates`` creates and as many status changes
-(``onboarding`` to ``active``) at ``--concurrency``, then waits for the handlers and counts,
-per employee, the welcome mails and audit rows: each must be exactly one. Prints p50 and p99
-latency, requests per second and the missing and duplicated rows; exits 1 if any is missing
-or duplicated, or a request failed. It stops by itself (every wait is bounded) and stops the
-server with SIGINT.
+PostgreSQL in a temporary folder (or the server ``--database-url`` names), sends ``--creates``
+creates and as many status changes (``onboarding`` to ``active``) at ``--concurrency``, then
+waits for the handlers and counts, per employee, the welcome mails and audit rows: each must be
+exactly one. Prints p50 and p99 latency, requests per second and the missing and duplicated
+rows; exits 1 if any is missing or duplicated, or a request failed. It stops by itself (every
+wait is bounded) and stops the server with SIGINT.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start(folder: str, port: int) -> subprocess.Popen[bytes]:
+def _start(folder: str, port: int, database_url: str | None) -> subprocess.Popen[bytes]:
     env = {key: value for key, value in os.environ.items() if key != "APP_DATABASE_URL"}
+    if database_url:
+        env["APP_DATABASE_URL"] = database_url
     command = [sys.executable, "-m", "app", "--json", "serve", "--port", str(port)]
     return subprocess.Popen(  # noqa: S603 - this project's own entry point
         command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -95,7 +97,9 @@ def _miscount(rows: list[dict[str, Any]], expected: set[int]) -> tuple[int, int]
     return missing, duplicated
 
 
-async def _run(base: str, creates: int, concurrency: int, server: subprocess.Popen[bytes]) -> int:
+async def _run(
+    base: str, creates: int, concurrency: int, server: subprocess.Popen[bytes], database: str
+) -> int:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
         await _wait_until_up(client, server)
@@ -124,7 +128,7 @@ async def _run(base: str, creates: int, concurrency: int, server: subprocess.Pop
     mails_missing, mails_doubled = _miscount(mails, set(ids))
     audit_missing, audit_doubled = _miscount(audit, set(ids))
     python = platform.python_version()
-    print(f"concurrency {concurrency}, loopback, embedded PostgreSQL, CPython {python}")
+    print(f"concurrency {concurrency}, loopback, {database}, CPython {python}")
     print("| requests | count | failed | p50 ms | p99 ms | requests/s |")
     print("|---|---:|---:|---:|---:|---:|")
     print(_row("POST /employees", made, made_in, failed_creates))
@@ -143,14 +147,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--creates", type=int, default=1000, help="creates, and status changes")
     parser.add_argument("--concurrency", type=int, default=200, help="requests in flight")
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL server's URL, whose database must be empty (default: an embedded "
+        "one in a temporary folder)",
+    )
     args = parser.parse_args()
     port = _free_port()
+    database = "the PostgreSQL server given" if args.database_url else "embedded PostgreSQL"
     with tempfile.TemporaryDirectory(prefix="bench-service-") as folder:
-        server = _start(folder, port)
+        server = _start(folder, port, args.database_url)
         try:
-            return asyncio.run(
-                _run(f"http://127.0.0.1:{port}", args.creates, args.concurrency, server)
-            )
+            base = f"http://127.0.0.1:{port}"
+            return asyncio.run(_run(base, args.creates, args.concurrency, server, database))
         finally:
             server.send_signal(signal.SIGINT)
             try:
