@@ -40,6 +40,7 @@ from app.business.hr import (
     IllegalTransitionError,
 )
 from app.business.hr import services as hr_services
+from app.console import console_router
 from app.core.deferred import DEFAULT_GRACE_PERIOD, BackgroundEmitter
 from app.core.events import verify
 from app.core.tracing import configure_tracing, restore_tracing
@@ -274,10 +275,11 @@ def create_app(
         tracing_before = configure_tracing(slow_after=slow_handler_after)
         try:
             async with (
-                durable.running(worker=os.environ.get("APP_WORKER", "on") != "off"),
+                durable.running(worker=os.environ.get("APP_WORKER", "on") != "off") as queue,
                 BackgroundEmitter(grace_period=grace_period) as emitter,
             ):
                 app.state.emitter = emitter
+                app.state.durable_queue = queue  # the console's Retry uses it
                 yield
                 await shutdown.drain(emitter)
         finally:
@@ -293,6 +295,8 @@ def create_app(
         max_body_size=max_body_size,
         body_timeout=body_timeout,
     )
+    if os.environ.get("APP_CONSOLE_TOKEN"):
+        app.include_router(console_router(), prefix="/events")
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EmployeeNotFoundError, _not_found)
     app.add_exception_handler(IllegalTransitionError, _conflict)
