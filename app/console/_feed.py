@@ -1,7 +1,7 @@
 """The console's recorder: what each emit ran, kept in a bounded history and pushed to pages.
 
 Framework-free (anyio only). ``Feed.watch()`` wraps the delivery loop
-(``app.core._pipeline.wrap_delivery("console", ...)``) while at least one page watches and
+(``app.core._pipeline.wrap_delivery``, in a slot of its own) while at least one page watches and
 undoes it when the last one leaves, so with no page open emits pay nothing for the console.
 Each delivered emit becomes an ``EmitRecord`` (name, ids, time, the payload's field names, or
 its values' reprs if the deployment opted in, and each in-process handler's duration and
@@ -34,8 +34,6 @@ from app.core.events import registrations, run_handler
 
 __all__ = ["EmitRecord", "Failure", "Feed", "HandlerRun", "Watcher"]
 
-SLOT: Final = "console"
-"""The delivery wrapper's slot in ``app.core._pipeline``."""
 TRACEBACK_LINES: Final = 8
 """How many lines of a failure's traceback the console keeps (its last ones)."""
 _MADE_LIMIT: Final = 1024
@@ -150,6 +148,9 @@ class Feed:
         self._watchers: set[Watcher] = set()
         self._undo: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        self.slot = f"console-{id(self):x}"
+        """Its delivery wrapper's slot in ``app.core._pipeline``: one per feed, so two consoles
+        in one process never undo each other's."""
 
     @property
     def recording(self) -> bool:
@@ -164,7 +165,7 @@ class Feed:
         with self._lock:
             self._watchers.add(watcher)
             if self._undo is None:
-                self._undo = _pipeline.wrap_delivery(SLOT, self._wrap)
+                self._undo = _pipeline.wrap_delivery(self.slot, self._wrap)
         try:
             yield watcher
         finally:
