@@ -7,7 +7,9 @@ opens the database (``APP_DATABASE_URL``, or by default the embedded PostgreSQL 
 event, chain and handler; the chain's correlation id is the request id) and owns the
 ``BackgroundEmitter`` that delivers each successful request's events after its response. It
 also gives the process durable delivery (``app.durable.running``: procrastinate's tables, the
-transport, and one embedded worker unless ``APP_WORKER=off``).
+transport, and one embedded worker unless ``APP_WORKER=off``), and keeps its procrastinate app
+in ``app.state.durable_queue``. With ``APP_CONSOLE_TOKEN`` set it mounts the events console
+(``app.console``) at ``/events``.
 
 Each route commits its unit of work before it returns, so a 2xx is only sent for work that
 is committed (its durable jobs included), and a commit that fails is a 500 that delivers
