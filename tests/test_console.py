@@ -162,7 +162,6 @@ async def test_retry_checks_the_origin(console):
     assert response.headers["location"] == "/events/queue?retried=0"
 
 
-@pytest.mark.events_lenient  # the durable handler fails on purpose; its worker logs it
 async def test_a_dead_letter_is_listed_and_retried(console, monkeypatch, tmp_path):
     """A durable handler failing every run is a dead letter on the queue page, with its error
     and attempts; once the cause is gone, Retry runs it to success."""
@@ -232,11 +231,38 @@ async def test_a_slow_page_drops_its_oldest_items_and_never_blocks_an_emit(decla
     assert len(feed.history) == 5
 
 
-async def test_the_history_is_bounded():
-    """The history keeps the newest ``history`` records."""
+async def test_the_history_keeps_the_newest_emits(declare_event):
+    """The history is a ring buffer of the newest ``history`` records."""
+    declare_event("tick.happened", "n")
+    on("tick.happened")(lambda **_: None)
     feed = Feed(2)
-    assert feed.history.maxlen == 2
+    with feed.watch():
+        for n in range(3):
+            await emit("tick.happened", n=n)
+    assert [record.name for record in feed.history] == ["tick.happened"] * 2
     assert feed.failures.maxlen == 2
+
+
+def test_the_settings_come_from_the_environment(monkeypatch):
+    """APP_CONSOLE_HISTORY sizes the history; a token is required; bad values are refused."""
+    monkeypatch.delenv("APP_CONSOLE_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="the console needs a token"):
+        console_router()
+    monkeypatch.setenv("APP_CONSOLE_HISTORY", "many")
+    with pytest.raises(ValueError, match="APP_CONSOLE_HISTORY must be a whole number, not 'many'"):
+        console_router(TOKEN)
+    with pytest.raises(ValueError, match="at least 1 emit, not 0"):
+        console_router(TOKEN, history=0)
+
+
+async def test_the_live_page_says_what_it_keeps(database_url, monkeypatch):
+    """The history size and the payload opt-in are settings the live page reports."""
+    monkeypatch.setenv("APP_CONSOLE_TOKEN", TOKEN)
+    monkeypatch.setenv("APP_CONSOLE_HISTORY", "7")
+    async with running(database_url) as service:
+        page = (await service.client.get("/events", headers=BEARER)).text
+    assert 'data-keep="7"' in page
+    assert "Payload values are hidden" in page
 
 
 @pytest.mark.events_expect_failure("order.placed", ValueError)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
-__all__ = ["COOKIE", "cookie_value", "is_authorized", "same_origin"]
+__all__ = ["COOKIE", "cookie_value", "is_authorized", "is_token", "same_origin"]
 
 COOKIE: Final = "app_console"
 """The name of the console's session cookie."""
@@ -27,14 +27,19 @@ def cookie_value(token: str) -> str:
     return hmac.new(token.encode(), b"app.console cookie", hashlib.sha256).hexdigest()
 
 
+def is_token(given: str, token: str) -> bool:
+    """Whether ``given`` is ``token``, compared in constant time."""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
 def is_authorized(request: Request, token: str) -> bool:
     """Whether ``request`` carries the token (as a bearer) or the console's cookie; never
     raises."""
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials:
-        return hmac.compare_digest(credentials.strip().encode(), token.encode())
+        return is_token(credentials.strip(), token)
     cookie = request.cookies.get(COOKIE)
-    return cookie is not None and hmac.compare_digest(cookie.encode(), cookie_value(token).encode())
+    return cookie is not None and is_token(cookie, cookie_value(token))
 
 
 def same_origin(request: Request) -> bool:

@@ -29,7 +29,7 @@ from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.templating import Jinja2Templates
 
-from app.console._auth import COOKIE, cookie_value, is_authorized, same_origin
+from app.console._auth import COOKIE, cookie_value, is_authorized, is_token, same_origin
 from app.console._catalogue import catalogue
 from app.console._feed import Feed
 from app.core._source import APP_ROOT
@@ -61,13 +61,17 @@ def console_router(
         source_root: The package scanned for emit sites (``app/`` by default); None: none.
 
     Raises:
-        ValueError: no token (neither given nor in the environment), or a history below 1.
+        ValueError: no token (neither given nor in the environment), or a history that is
+            not a whole number of at least 1.
     """
     token = os.environ.get("APP_CONSOLE_TOKEN", "") if token is None else token
     if not token:
         raise ValueError("the console needs a token: pass token= or set APP_CONSOLE_TOKEN")
     if history is None:
-        history = int(os.environ.get("APP_CONSOLE_HISTORY") or DEFAULT_HISTORY)
+        setting = os.environ.get("APP_CONSOLE_HISTORY") or str(DEFAULT_HISTORY)
+        if not setting.isdigit():
+            raise ValueError(f"APP_CONSOLE_HISTORY must be a whole number, not {setting!r}")
+        history = int(setting)
     if history < 1:
         raise ValueError(f"the console's history must hold at least 1 emit, not {history}")
     if show_payloads is None:
@@ -135,7 +139,7 @@ def console_router(
         home_path = request.url_for("console_home").path
         wanted = form.get("next", [home_path])[0]
         target = wanted if wanted.startswith(home_path) and "//" not in wanted else home_path
-        if not is_authorized(_bearer(request, given), token):
+        if not is_token(given, token):
             log.info("console login refused")
             return page(request, "login.html", 401, wrong=True, next=target)
         response = RedirectResponse(target, status_code=303)
@@ -182,14 +186,6 @@ async def _retry(request: Request, job_ids: list[int] | None) -> Response:
 
 def _durable_queue(request: Request) -> Any:
     return getattr(request.app.state, "durable_queue", None)
-
-
-def _bearer(request: Request, given: str) -> Request:
-    """``request`` as if it carried ``given`` as its bearer token (for the login form)."""
-    scope = dict(request.scope)
-    headers = [(k, v) for k, v in scope["headers"] if k not in (b"authorization", b"cookie")]
-    scope["headers"] = [*headers, (b"authorization", f"Bearer {given}".encode())]
-    return Request(scope)
 
 
 def _guarded(token: str) -> type[APIRoute]:
