@@ -216,6 +216,41 @@ async def test_the_feed_shows_field_names_not_values_by_default(declare_event):
     assert shown.history[0].fields == {"email": "'ada@example.com'"}
 
 
+async def test_an_emit_with_only_durable_handlers_is_recorded_while_a_page_watches(
+    declare_event,
+):
+    """Its jobs are enqueued as ever; with a page open it is also recorded, its durable
+    handlers listed, no in-process run."""
+    declare_event("invoice.sent", n=int)
+    on("invoice.sent", durable=True, id="tests.archive")(archive)
+    jobs = []
+    undo = _pipeline.install_transport(ListTransport(jobs))
+    feed = Feed(10)
+    try:
+        await emit("invoice.sent", n=1)
+        with feed.watch():
+            await emit("invoice.sent", n=2)
+    finally:
+        undo()
+    assert [job.payload for job in jobs] == [{"n": 1}, {"n": 2}]
+    [record] = feed.history
+    assert (record.name, record.runs, record.durable) == ("invoice.sent", [], ("tests.archive",))
+
+
+async def archive(**_):
+    """A durable handler the tests never run."""
+
+
+class ListTransport:
+    """A durable transport that keeps the jobs in a list."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+    async def enqueue(self, jobs):
+        self.jobs.extend(jobs)
+
+
 async def test_a_slow_page_drops_its_oldest_items_and_never_blocks_an_emit(declare_event):
     """A page that does not read keeps only its newest ``queue_size`` records; emits go on."""
     declare_event("tick.happened", "n")

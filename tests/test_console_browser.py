@@ -85,9 +85,10 @@ def page():
 
 def test_the_console_in_a_browser(page: Page, console_url, failing, artifacts):
     """Log in with the token; the catalogue lists employee.created with its handlers; an
-    employee created through the API appears in the live feed within 2 s with its handlers;
-    a durable handler failing every run becomes a dead letter, listed with its error; once
-    its cause is fixed, Retry delivers it."""
+    employee created through the API appears in the live feed within 2 s with its handlers
+    (and its status change, whose only handler is durable); a durable handler failing every
+    run becomes a dead letter, listed with its error; once its cause is fixed, Retry delivers
+    it."""
     page.goto(f"{console_url}/catalogue")
     expect(page.get_by_label("Token")).to_be_visible()
     page.screenshot(path=artifacts / "1-login.png")
@@ -120,6 +121,13 @@ def test_the_console_in_a_browser(page: Page, console_url, failing, artifacts):
     expect(emitted.locator(".run.queued")).to_have_text(
         [re.compile("tests.mark"), re.compile("notify.welcome_mail")]
     )
+    moved = httpx.post(
+        console_url.removesuffix("/events") + f"/employees/{employee.json()['id']}/status",
+        json={"to_state": "active", "actor_id": 1},
+    )
+    assert moved.status_code == 200
+    changed = page.locator('#feed li[data-event="employee.status_changed"]')  # durable only
+    expect(changed.locator(".run.queued")).to_have_text(re.compile("audit.status_change"))
     page.screenshot(path=artifacts / "3-live-feed.png", full_page=True)
 
     page.get_by_role("link", name="Durable queue").click()

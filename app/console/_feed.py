@@ -1,11 +1,13 @@
 """The console's recorder: what each emit ran, kept in a bounded history and pushed to pages.
 
 Framework-free (anyio only). ``Feed.watch()`` wraps the delivery loop
-(``app.core._pipeline.wrap_delivery``, in a slot of its own) while at least one page watches and
-undoes it when the last one leaves, so with no page open emits pay nothing for the console.
-Each delivered emit becomes an ``EmitRecord`` (name, ids, time, the payload's field names, or
-its values' reprs if the deployment opted in, and each in-process handler's duration and
-outcome); it goes into the history ring buffer and into every watcher's queue. A watcher's
+(``app.core._pipeline.wrap_delivery``, in a slot of its own) while at least one page watches
+and undoes it when the last one leaves, so with no page open emits pay nothing for the
+console. It asks to see every emit, so while a page watches an emit whose handlers are all
+durable is delivered too (to no handler, after its transaction commits). Each delivered emit
+becomes an ``EmitRecord`` (name, ids, time, the payload's field names, or its values' reprs if
+the deployment opted in, each in-process handler's duration and outcome, and its durable
+handlers); it goes into the history ring buffer and into every watcher's queue. A watcher's
 queue is bounded too: a page that reads slowly loses its oldest items, an emit never waits.
 
 Handlers run through ``_ObservedHandler``, which times them and re-raises whatever they
@@ -165,7 +167,7 @@ class Feed:
         with self._lock:
             self._watchers.add(watcher)
             if self._undo is None:
-                self._undo = _pipeline.wrap_delivery(self.slot, self._wrap)
+                self._undo = _pipeline.wrap_delivery(self.slot, self._wrap, every_emit=True)
         try:
             yield watcher
         finally:
