@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+import signal
+import time
 
 import anyio
+import httpx
 import pytest
 from conftest import running
 from durable_helpers import HANDLER_ID, register
+from test_service_shutdown import serve
 
 from app.console import console_router
 from app.console._auth import COOKIE
@@ -190,6 +194,29 @@ async def test_a_dead_letter_is_listed_and_retried(console, monkeypatch, tmp_pat
     page = (await console.client.get("/events/queue", headers=BEARER)).text
     assert "No dead letters." in page
     assert '<tr data-state="succeeded"><td>succeeded</td><td>2</td></tr>' in page
+
+
+def test_an_open_live_stream_does_not_hold_the_shutdown(database_url, tmp_path, monkeypatch):
+    """The real server, a console page's stream open, one SIGINT: the stream ends at once and
+    the server exits well within its grace period (10 s), with no error."""
+    monkeypatch.setenv("APP_CONSOLE_TOKEN", TOKEN)
+    process, base = serve(tmp_path, "--grace-period", "10")
+    try:
+        with httpx.stream("GET", f"{base}/events/stream", headers=BEARER, timeout=30) as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == ": watching"
+            started = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            assert [line for line in lines if line.startswith("event:")] == []
+        output, _ = process.communicate(timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert elapsed < 5, output
+    assert "Exception in ASGI application" not in output
+    assert "Application shutdown complete." in output
 
 
 async def test_the_feed_wraps_delivery_only_while_a_page_watches(declare_event):

@@ -7,6 +7,6 @@ while a page is open (``app.console._feed``), so it costs emits nothing otherwis
 
 from __future__ import annotations
 
-from app.console.router import DEFAULT_HISTORY, console_router
+from app.console.router import DEFAULT_HISTORY, ConsoleRouter, console_router
 
-__all__ = ["DEFAULT_HISTORY", "console_router"]
+__all__ = ["DEFAULT_HISTORY", "ConsoleRouter", "console_router"]

@@ -102,6 +102,13 @@ class Watcher:
         self._thread = threading.get_ident()
         self.dropped = 0
         """How many records were dropped because the page read too slowly."""
+        self.closed = False
+        """Whether the feed was closed: the page's stream is to end."""
+
+    def close(self) -> None:
+        """Mark it closed and wake the page (from the page's thread)."""
+        self.closed = True
+        self._ready.set()
 
     def put(self, record: EmitRecord) -> None:
         """Queue ``record`` without waiting (dropping the oldest if full) and wake the page.
@@ -150,6 +157,8 @@ class Feed:
         self._watchers: set[Watcher] = set()
         self._undo: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        self.closed = False
+        """Whether ``close()`` was called: every watcher, present or future, is closed."""
         self.slot = f"console-{id(self):x}"
         """Its delivery wrapper's slot in ``app.core._pipeline``: one per feed, so two consoles
         in one process never undo each other's."""
@@ -164,6 +173,7 @@ class Feed:
         """A queue of the emits delivered while the block runs; the first watcher wraps the
         delivery loop, the last one to leave unwraps it."""
         watcher = Watcher(self.queue_size)
+        watcher.closed = self.closed
         with self._lock:
             self._watchers.add(watcher)
             if self._undo is None:
@@ -176,6 +186,13 @@ class Feed:
                 if not self._watchers and self._undo is not None:
                     self._undo()
                     self._undo = None
+
+    def close(self) -> None:
+        """Close every watcher, and those to come, so their pages' streams end (the server is
+        stopping: an open stream would hold its shutdown). Call it on the pages' thread."""
+        self.closed = True
+        for watcher in list(self._watchers):
+            watcher.close()
 
     def chain(self, correlation_id: str) -> list[tuple[int, EmitRecord]]:
         """The recorded emits of one chain as a tree in depth-first order: (indent, record)

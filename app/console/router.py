@@ -34,7 +34,7 @@ from app.console._catalogue import catalogue
 from app.console._feed import Feed
 from app.core._source import APP_ROOT
 
-__all__ = ["DEFAULT_HISTORY", "console_router"]
+__all__ = ["DEFAULT_HISTORY", "ConsoleRouter", "console_router"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,13 +44,26 @@ _TEMPLATES: Final = Jinja2Templates(directory=Path(__file__).parent / "templates
 _OPEN_ROUTES: Final = frozenset({"console_login"})
 
 
+class ConsoleRouter(APIRouter):
+    """The console's routes, and ``close()`` for a server that stops."""
+
+    feed: Feed
+    """The recorder behind the live feed, the history and the failures."""
+
+    def close(self) -> None:
+        """End every open live stream, and those opened later: call it when the server stops
+        accepting, or open pages hold its shutdown for its whole grace period. Call it on the
+        event loop's thread."""
+        self.feed.close()
+
+
 def console_router(
     token: str | None = None,
     *,
     history: int | None = None,
     show_payloads: bool | None = None,
     source_root: Path | None = APP_ROOT,
-) -> APIRouter:
+) -> ConsoleRouter:
     """The console as a router, to mount with ``app.include_router(..., prefix="/events")``.
 
     Args:
@@ -77,7 +90,8 @@ def console_router(
     if show_payloads is None:
         show_payloads = os.environ.get("APP_CONSOLE_SHOW_PAYLOADS", "") == "1"
     feed = Feed(history, show_payloads=show_payloads)
-    router = APIRouter(route_class=_guarded(token), include_in_schema=False)
+    router = ConsoleRouter(route_class=_guarded(token), include_in_schema=False)
+    router.feed = feed
 
     def page(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
         return _TEMPLATES.TemplateResponse(
@@ -127,7 +141,7 @@ def console_router(
         fragment = _TEMPLATES.get_template("_emit.html")
         with feed.watch() as watcher:
             yield ServerSentEvent(comment="watching", retry=2000)
-            while True:
+            while not watcher.closed:
                 for record in await watcher.get(wait=5.0):
                     html = fragment.render(record=record, request=request, feed=feed)
                     yield ServerSentEvent(raw_data=html, event="emit", id=record.event_id)

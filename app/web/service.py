@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Final, TypeVar
 
 import anyio
+import structlog
 from fastapi import FastAPI, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -59,6 +60,8 @@ __all__ = [
     "Shutdown",
     "create_app",
 ]
+
+log = structlog.get_logger(__name__)
 
 SLOW_HANDLER_AFTER: Final = 1.0
 """Seconds after which the service logs a handler run as slow, by default."""
@@ -181,6 +184,22 @@ class Shutdown:
         self.grace_period = grace_period
         self.hurried = False
         self._waiting: anyio.CancelScope | None = None
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the server stops accepting (``stop()``), before it waits for
+        the requests in flight: to end those that would never end (the console's streams)."""
+        self._on_stop.append(callback)
+
+    def stop(self) -> None:
+        """The server stopped accepting: call each ``on_stop`` callback once, in order, on the
+        event loop's thread. A callback that raises is logged and the next one runs."""
+        callbacks, self._on_stop = self._on_stop, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("shutdown callback failed")
 
     def hurry(self) -> None:
         """Stop waiting for deliveries (now, or as soon as shutdown starts). Call it on the
@@ -298,7 +317,9 @@ def create_app(
         body_timeout=body_timeout,
     )
     if os.environ.get("APP_CONSOLE_TOKEN"):
-        app.include_router(console_router(), prefix="/events")
+        console = console_router()
+        app.include_router(console, prefix="/events")
+        shutdown.on_stop(console.close)  # open pages must not hold the shutdown
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EmployeeNotFoundError, _not_found)
     app.add_exception_handler(IllegalTransitionError, _conflict)
