@@ -86,6 +86,8 @@ async def test_every_console_route_refuses_a_missing_or_wrong_token(console):
     page = await console.client.get("/events/catalogue")
     assert 'name="token"' in page.text
     assert page.headers["content-type"].startswith("text/html")
+    stream = await console.client.get("/events/stream")
+    assert stream.json() == {"detail": "the console needs its token"}
 
 
 async def test_the_console_is_off_without_a_token(database_url, monkeypatch):

@@ -33,6 +33,7 @@ from app.console._auth import COOKIE, cookie_value, is_authorized, is_token, sam
 from app.console._catalogue import catalogue
 from app.console._feed import Feed
 from app.core._source import APP_ROOT
+from app.durable import admin
 
 __all__ = ["DEFAULT_HISTORY", "ConsoleRouter", "console_router"]
 
@@ -117,8 +118,6 @@ def console_router(
 
     @router.get("/queue", name="console_queue")
     async def queue(request: Request, retried: int | None = None) -> Response:
-        from app.durable import admin
-
         try:
             counts, letters = await admin.job_counts(), await admin.dead_letters()
         except Exception as error:
@@ -187,8 +186,6 @@ def console_router(
 
 async def _retry(request: Request, job_ids: list[int] | None) -> Response:
     """Put dead letters back in the queue and go back to the queue page (303)."""
-    from app.durable import admin
-
     queue = _durable_queue(request)
     if queue is None:
         return JSONResponse({"detail": "this application keeps no durable queue"}, 503)
@@ -210,10 +207,11 @@ def _guarded(token: str) -> type[APIRoute]:
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
             open_route = self.name in _OPEN_ROUTES
+            page = self.methods == {"GET"} and self.response_class is not EventSourceResponse
 
             async def guarded(request: Request) -> Response:
                 if not open_route and not is_authorized(request, token):
-                    return _refuse(request)
+                    return _refuse(request, page=page)
                 if request.method == "POST" and not open_route and not same_origin(request):
                     return JSONResponse({"detail": "cross-origin request refused"}, 403)
                 return await handler(request)
@@ -223,10 +221,10 @@ def _guarded(token: str) -> type[APIRoute]:
     return ConsoleRoute
 
 
-def _refuse(request: Request) -> Response:
+def _refuse(request: Request, *, page: bool) -> Response:
     """401: the login form for a page, JSON for the stream and the POSTs."""
     headers = {"WWW-Authenticate": 'Bearer realm="events console"'}
-    if request.method == "GET" and not request.url.path.endswith("/stream"):
+    if page:
         return _TEMPLATES.TemplateResponse(
             request, "login.html", {"wrong": False, "next": request.url.path}, 401, headers
         )
