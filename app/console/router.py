@@ -4,7 +4,7 @@
 
     from app.console import console_router
 
-    app.include_router(console_router(token=os.environ["APP_CONSOLE_TOKEN"]), prefix="/events")
+    app.include_router(console_router(), prefix="/events")  # the token: APP_CONSOLE_TOKEN
 
 Every route but the login form's POST answers 401 without the token (as a bearer, or the
 cookie the login form sets): HTML pages with the login form, the stream and the POSTs with
