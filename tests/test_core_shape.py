@@ -88,6 +88,49 @@ async def test_a_step_and_a_wrapper_apply_until_their_undo(registry, declare_eve
     assert calls == ["before", "handler", "after", "handler"]
 
 
+@pytest.mark.anyio
+async def test_only_an_every_emit_wrapper_sees_emits_with_only_durable_handlers(
+    registry, declare_event
+):
+    """An emit whose handlers are all durable is not delivered in-process, unless a wrapper
+    installed with ``every_emit=True`` asks for it; its undo puts that back."""
+    declare_event("invoice.sent")
+    on("invoice.sent", durable=True, id="tests.archive")(_archive)
+    seen = []
+
+    def wrapper(inner):
+        async def around(name, kwargs, event, entries):
+            seen.append((name, list(entries)))
+            await inner(name, kwargs, event, entries)
+
+        return around
+
+    undo_transport = _pipeline.install_transport(_NoTransport())
+    try:
+        undo = _pipeline.wrap_delivery("test", wrapper)
+        await emit("invoice.sent")
+        undo()
+        undo = _pipeline.wrap_delivery("test", wrapper, every_emit=True)
+        await emit("invoice.sent")
+        undo()
+        assert not _pipeline.every_emit
+        await emit("invoice.sent")
+    finally:
+        undo_transport()
+    assert seen == [("invoice.sent", [])]
+
+
+async def _archive(**_):
+    """A durable handler the test never runs."""
+
+
+class _NoTransport:
+    """A durable transport that enqueues nowhere."""
+
+    async def enqueue(self, jobs):
+        pass
+
+
 def test_type_checks_install_and_remove_one_step():
     """``check_payload_types`` installs its step once and takes it out again."""
     before = catalogue.payload_types_checked()

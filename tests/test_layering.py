@@ -72,3 +72,10 @@ def test_core_imports_nothing_above_it():
     for path in (APP / "core").rglob("*.py"):
         for module in imported_modules(path):
             assert not module.startswith(above), f"{path.relative_to(APP.parent)} imports {module}"
+
+
+def test_the_console_imports_no_business_package():
+    """``app.console`` shows any application's events: it knows none of their packages."""
+    for path in (APP / "console").rglob("*.py"):
+        for module in imported_modules(path):
+            assert not module.startswith("app.business"), f"{path.relative_to(APP.parent)}"

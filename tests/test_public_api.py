@@ -22,6 +22,8 @@ PUBLIC_MODULES = [
     "app.db.embedded",
     "app.web.service",
     "app.web.middleware",
+    "app.console",
+    "app.console.router",
     "app.testing",
     "app.testing.pytest_plugin",
     "app.cli",

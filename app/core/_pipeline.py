@@ -4,8 +4,10 @@ Two places take optional behaviour, each installed by a function that returns it
 
 * **Steps before delivery** (``install_step``): payload type checks, then the test plugin's
   hook. Each sees the checked emit and may stop its delivery (a mute) or raise.
-* **Wrappers of the delivery function** (``wrap_delivery``): tracing. ``deliver`` is the
-  delivery loop wrapped by each installed wrapper, like pluggy's ``_inner_hookexec``.
+* **Wrappers of the delivery function** (``wrap_delivery``): tracing, the events console.
+  ``deliver`` is the delivery loop wrapped by each installed wrapper, like pluggy's
+  ``_inner_hookexec``. A wrapper installed with ``every_emit=True`` also sees the emits whose
+  handlers are all durable, which are otherwise never delivered in-process.
 
 A third place takes the **durable transport** (``install_transport``): where ``emit`` hands the
 jobs of durable handlers. Without one, an emit that has durable handlers is refused.
@@ -99,6 +101,10 @@ before: Step | None = None
 deliver: Deliver
 """The delivery function ``emit`` calls: the loop, wrapped by each installed wrapper."""
 
+every_emit: bool = False
+"""Whether an installed wrapper asked to see every emit: ``emit`` then also delivers an emit
+that has only durable handlers (after its deferral scope commits), to no handler."""
+
 failure_listener: FailureListener | None = None
 
 transport: DurableTransport | None = None
@@ -106,6 +112,7 @@ transport: DurableTransport | None = None
 
 _steps: dict[str, Step] = {}
 _wrappers: dict[str, Callable[[Deliver], Deliver]] = {}
+_every_emit: dict[str, bool] = {}
 _loop: Deliver | None = None
 _lock = threading.Lock()
 
@@ -132,13 +139,28 @@ def install_step(slot: str, step: Step) -> Callable[[], None]:
     return _swap(_steps, slot, step)
 
 
-def wrap_delivery(slot: str, wrapper: Callable[[Deliver], Deliver]) -> Callable[[], None]:
+def wrap_delivery(
+    slot: str, wrapper: Callable[[Deliver], Deliver], *, every_emit: bool = False
+) -> Callable[[], None]:
     """Wrap the delivery loop with ``wrapper`` (one per ``slot``).
+
+    Args:
+        slot: Its place; wrapping a slot again replaces what it held.
+        wrapper: Takes the delivery function and returns the one to call instead.
+        every_emit: Also deliver the emits that have only durable handlers (to no handler),
+            so that the wrapper sees them; off, they are never delivered in-process.
 
     Returns:
         The undo: it puts back what ``slot`` held before.
     """
-    return _swap(_wrappers, slot, wrapper)
+    undo_flag = _swap(_every_emit, slot, every_emit)
+    undo_wrapper = _swap(_wrappers, slot, wrapper)
+
+    def undo() -> None:
+        undo_wrapper()
+        undo_flag()
+
+    return undo
 
 
 def install_failure_listener(listener: FailureListener | None) -> Callable[[], None]:
@@ -196,7 +218,8 @@ def _swap(table: dict[str, Any], slot: str, value: Any) -> Callable[[], None]:
 
 def _rebuild() -> None:
     """Recompose ``before`` and ``deliver``; the caller holds ``_lock``."""
-    global before, deliver
+    global before, deliver, every_emit
+    every_emit = any(_every_emit.values())
     steps = [_steps[slot] for slot in STEP_ORDER if slot in _steps]
     before = steps[0] if len(steps) == 1 else (_chain(steps) if steps else None)
     if _loop is not None:

@@ -402,7 +402,7 @@ async def emit(name: str, /, **kwargs: Any) -> None:
     entries = _handlers.get(name, _NO_ENTRIES)
     if entries.durable:
         await _enqueue(name, kwargs, event, entries.durable)
-        if not entries:
+        if not entries and not _pipeline.every_emit:
             return
     deferral = _deferral.get()
     if deferral is None or not deferral.defer(name, kwargs, event):

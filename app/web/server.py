@@ -1,8 +1,10 @@
 """Serving the application with uvicorn, with a shutdown bounded by its grace period.
 
-On the first SIGINT or SIGTERM uvicorn stops accepting, waits up to the grace period for
-the requests in flight (then cancels them), and runs the lifespan's shutdown, which waits up
-to the grace period for in-process event deliveries and then cancels and logs what is left.
+On the first SIGINT or SIGTERM uvicorn stops accepting, tells the application
+(``state.shutdown.stop()``, which ends the console's live streams, requests that never end by
+themselves), waits up to the grace period for the requests in flight (then cancels them), and
+runs the lifespan's shutdown, which waits up to the grace period for in-process event
+deliveries and then cancels and logs what is left.
 A second signal stops every wait at once; unlike plain uvicorn, it still runs the lifespan's
 shutdown, so the deliveries it drops are logged (``"background deliveries cancelled"``,
 with their event ids and correlation ids), never lost silently.
@@ -46,6 +48,7 @@ class _Server(uvicorn.Server):
             self._loop.call_soon_threadsafe(self._app.state.shutdown.hurry)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._app.state.shutdown.stop()  # before waiting for requests: end the endless ones
         lifespan = self.lifespan
         shut_down = lifespan.shutdown
 

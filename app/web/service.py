@@ -7,7 +7,9 @@ opens the database (``APP_DATABASE_URL``, or by default the embedded PostgreSQL 
 event, chain and handler; the chain's correlation id is the request id) and owns the
 ``BackgroundEmitter`` that delivers each successful request's events after its response. It
 also gives the process durable delivery (``app.durable.running``: procrastinate's tables, the
-transport, and one embedded worker unless ``APP_WORKER=off``).
+transport, and one embedded worker unless ``APP_WORKER=off``), and keeps its procrastinate app
+in ``app.state.durable_queue``. With ``APP_CONSOLE_TOKEN`` set it mounts the events console
+(``app.console``) at ``/events``.
 
 Each route commits its unit of work before it returns, so a 2xx is only sent for work that
 is committed (its durable jobs included), and a commit that fails is a 500 that delivers
@@ -25,6 +27,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Final, TypeVar
 
 import anyio
+import structlog
 from fastapi import FastAPI, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -40,6 +43,7 @@ from app.business.hr import (
     IllegalTransitionError,
 )
 from app.business.hr import services as hr_services
+from app.console import console_router
 from app.core.deferred import DEFAULT_GRACE_PERIOD, BackgroundEmitter
 from app.core.events import verify
 from app.core.tracing import configure_tracing, restore_tracing
@@ -56,6 +60,8 @@ __all__ = [
     "Shutdown",
     "create_app",
 ]
+
+log = structlog.get_logger(__name__)
 
 SLOW_HANDLER_AFTER: Final = 1.0
 """Seconds after which the service logs a handler run as slow, by default."""
@@ -178,6 +184,22 @@ class Shutdown:
         self.grace_period = grace_period
         self.hurried = False
         self._waiting: anyio.CancelScope | None = None
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the server stops accepting (``stop()``), before it waits for
+        the requests in flight: to end those that would never end (the console's streams)."""
+        self._on_stop.append(callback)
+
+    def stop(self) -> None:
+        """The server stopped accepting: call each ``on_stop`` callback once, in order, on the
+        event loop's thread. A callback that raises is logged and the next one runs."""
+        callbacks, self._on_stop = self._on_stop, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("shutdown callback failed")
 
     def hurry(self) -> None:
         """Stop waiting for deliveries (now, or as soon as shutdown starts). Call it on the
@@ -274,10 +296,11 @@ def create_app(
         tracing_before = configure_tracing(slow_after=slow_handler_after)
         try:
             async with (
-                durable.running(worker=os.environ.get("APP_WORKER", "on") != "off"),
+                durable.running(worker=os.environ.get("APP_WORKER", "on") != "off") as queue,
                 BackgroundEmitter(grace_period=grace_period) as emitter,
             ):
                 app.state.emitter = emitter
+                app.state.durable_queue = queue  # the console's Retry uses it
                 yield
                 await shutdown.drain(emitter)
         finally:
@@ -293,6 +316,10 @@ def create_app(
         max_body_size=max_body_size,
         body_timeout=body_timeout,
     )
+    if os.environ.get("APP_CONSOLE_TOKEN"):
+        console = console_router()
+        app.include_router(console, prefix="/events")
+        shutdown.on_stop(console.close)  # open pages must not hold the shutdown
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EmployeeNotFoundError, _not_found)
     app.add_exception_handler(IllegalTransitionError, _conflict)
