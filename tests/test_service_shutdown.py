@@ -43,7 +43,9 @@ def test_shutdown_is_bounded_while_the_database_blocks(database_url, tmp_path, s
     """The welcome mail's INSERT (a durable handler, run by serve's embedded worker) waits for
     a lock held forever. One SIGINT: the process exits within the grace period (0.5 s) and the
     statement timeout (2 s) after it; two: within the statement timeout, however long the
-    grace period. Either way the job is still in the queue, to run again: nothing is lost."""
+    grace period. Either way the job is still in the queue, to run again: nothing is lost.
+    The bound leaves room for a loaded machine (CI runs suites side by side); unbounded, the
+    process would wait for the lock until ``communicate`` gives up after 20 s."""
     grace = "0.5" if signals == 1 else "30"
     process, base = serve(tmp_path, "--grace-period", grace, "--statement-timeout", "2")
     try:
@@ -64,7 +66,7 @@ def test_shutdown_is_bounded_while_the_database_blocks(database_url, tmp_path, s
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert elapsed < 3.5, output
+    assert elapsed < 6, output
     with psycopg.connect(libpq(database_url)) as connection:
         statuses = connection.execute(
             "SELECT status::text FROM procrastinate_jobs WHERE args->'job'->>'handler_id' = "
