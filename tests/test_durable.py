@@ -10,10 +10,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import httpx
+import procrastinate.sql
+import procrastinate.types
 import pytest
 from durable_helpers import HANDLER_ID, Mark, register
 from sqlalchemy import select, text
@@ -21,7 +24,7 @@ from sqlalchemy import select, text
 from app import db, durable
 from app.business import audit, notify
 from app.business.hr import create_employee
-from app.core.durable import DurableDeliveryError
+from app.core.durable import DurableDeliveryError, DurableJob
 from app.core.events import emit, on
 from app.durable import admin
 
@@ -137,6 +140,98 @@ async def test_a_rollback_leaves_no_job_and_a_commit_one_per_durable_handler(que
         "department_id": 7,
         "created_by": 1,
     }
+
+
+PROCRASTINATE_DEFER_JOBS = """SELECT  unnest(
+  procrastinate_defer_jobs_v1(
+    %(jobs)s::procrastinate_job_to_defer_v1[]
+  )
+) AS id;"""
+
+
+async def test_procrastinate_s_defer_query_and_job_type_are_the_ones_the_transport_mirrors(queue):
+    """The transport builds procrastinate's defer call itself (app.durable.queue._DEFER_JOBS):
+    a procrastinate whose defer query, job type or defer function changed fails here."""
+    assert procrastinate.sql.queries["defer_jobs"] == PROCRASTINATE_DEFER_JOBS
+    assert procrastinate.types.JobToDefer._fields == (
+        "queue_name",
+        "task_name",
+        "priority",
+        "lock",
+        "queueing_lock",
+        "args",
+        "scheduled_at",
+    )
+    async with db.transaction() as session:
+        fields = await session.execute(
+            text(
+                "SELECT attribute.attname, format_type(attribute.atttypid, attribute.atttypmod) "
+                "FROM pg_type JOIN pg_attribute AS attribute ON attribute.attrelid = typrelid "
+                "WHERE typname = 'procrastinate_job_to_defer_v1' AND attribute.attnum > 0 "
+                "ORDER BY attribute.attnum"
+            )
+        )
+        assert [tuple(row) for row in fields] == [
+            ("queue_name", "character varying"),
+            ("task_name", "character varying"),
+            ("priority", "integer"),
+            ("lock", "text"),
+            ("queueing_lock", "text"),
+            ("args", "jsonb"),
+            ("scheduled_at", "timestamp with time zone"),
+        ]
+        signature = await session.scalar(
+            text(
+                "SELECT pg_get_function_identity_arguments(oid) || ' -> ' "
+                "|| pg_get_function_result(oid) FROM pg_proc "
+                "WHERE proname = 'procrastinate_defer_jobs_v1'"
+            )
+        )
+        assert signature == "jobs procrastinate_job_to_defer_v1[] -> bigint[]"
+
+
+async def test_the_transport_writes_the_rows_procrastinate_s_own_defer_writes(queue):
+    """One enqueue of three jobs writes, in order, the job and event rows that procrastinate's
+    batch defer writes for the same arguments, awkward JSON included."""
+    payload = {"name": 'O\'Brien "Ró\\ṡa" \u2028', "tags": [1, 2.5, None, True], "deep": {"a": {}}}
+    jobs = [
+        DurableJob(
+            event_name="employee.created",
+            payload=payload,
+            handler_id=f"tests.handler_{index}",
+            event_id="01a2063d-f3e5-7187-94ee-58c33c90837a",
+            correlation_id="01a2063d-f3e5-7187-94ee-58c33c90837b",
+            causation_id=None if index else "01a2063d-f3e5-7187-94ee-58c33c90837c",
+            depth=index,
+            occurred_at=datetime(2026, 12, 2, 6, 30, tzinfo=UTC),
+            max_attempts=index + 1,
+            timeout=30.0,
+        )
+        for index in range(3)
+    ]
+    select_jobs = text(
+        "SELECT queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, "
+        "status::text, attempts, abort_requested, worker_id FROM procrastinate_jobs ORDER BY id"
+    )
+    written = {}
+    for way in ("transport", "procrastinate"):
+        async with db.unit_of_work() as session:
+            if way == "transport":
+                await durable.ProcrastinateTransport(queue).enqueue(jobs)
+            else:
+                raw = (await (await session.connection()).get_raw_connection()).driver_connection
+                deferrer = queue.tasks[durable.TASK_NAME].configure(connection=raw)
+                await deferrer.batch_defer_async(*({"job": job.to_json()} for job in jobs))
+            rows = await session.execute(select_jobs)
+            events = await session.execute(
+                text("SELECT job_id, type::text FROM procrastinate_events ORDER BY id")
+            )
+            written[way] = ([tuple(row) for row in rows], [type_ for _, type_ in events])
+            await session.execute(text("TRUNCATE procrastinate_jobs CASCADE"))
+    assert written["transport"] == written["procrastinate"]
+    job_rows, event_types = written["transport"]
+    assert [row[5]["job"] for row in job_rows] == [job.to_json() for job in jobs]
+    assert event_types == ["deferred"] * 3
 
 
 async def test_a_durable_emit_outside_a_unit_of_work_is_refused(queue):
