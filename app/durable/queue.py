@@ -25,9 +25,10 @@ import json
 import os
 import traceback
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import procrastinate
+import psycopg
 import structlog
 from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job, Status
@@ -35,6 +36,7 @@ from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.schema import SchemaManager
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import db
 from app.core.catalogue import declared
@@ -131,20 +133,36 @@ class ProcrastinateTransport:
                 "emitter's transaction. Emit inside `async with app.db.unit_of_work():`.",
                 event_name=name,
             )
-        connection = await session.connection()
-        raw: Any = (await connection.get_raw_connection()).driver_connection
+        raw = await _driver_connection(session)
         arguments = {**self._fixed, "jobs": json.dumps([job.to_json() for job in jobs])}
         await raw.execute(_DEFER_JOBS, arguments, prepare=True)
 
 
+async def _driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection of ``session``'s transaction, for statements SQLAlchemy need not
+    build."""
+    connection = await session.connection()
+    raw: Any = (await connection.get_raw_connection()).driver_connection
+    return cast("psycopg.AsyncConnection[Any]", raw)
+
+
 def make_app(conninfo: str, *, concurrency: int = 1) -> procrastinate.App:
-    """A procrastinate app on ``conninfo`` with the one task that runs durable jobs."""
+    """A procrastinate app on ``conninfo`` with the one task that runs durable jobs.
+
+    Its pool's connections are in autocommit: each of procrastinate's queries is one call of
+    one of its functions, so a transaction around it only cost a BEGIN and a COMMIT, two
+    more round trips.
+    """
     connector = procrastinate.PsycopgConnector(
-        conninfo=conninfo, min_size=1, max_size=concurrency + 4
+        conninfo=conninfo, min_size=1, max_size=concurrency + 4, configure=_autocommit
     )
     app = procrastinate.App(connector=connector)
     app.task(name=TASK_NAME, pass_context=True, retry=ExponentialBackoff())(_deliver)
     return app
+
+
+async def _autocommit(connection: psycopg.AsyncConnection[Any]) -> None:
+    await connection.set_autocommit(True)
 
 
 async def _deliver(context: JobContext, job: dict[str, Any]) -> None:
@@ -157,15 +175,21 @@ async def _deliver(context: JobContext, job: dict[str, Any]) -> None:
         raise
 
 
+_CLAIM: Final = """
+INSERT INTO durable_inbox (event_id, handler_id) VALUES (%(event_id)s, %(handler_id)s)
+ON CONFLICT DO NOTHING RETURNING true
+"""
+"""The inbox claim, sent by the driver as a prepared statement and pipelined with the
+transaction's BEGIN: one round trip, no SQLAlchemy statement to build per job."""
+
+
 async def _run_once(job: DurableJob) -> None:
     async with db.unit_of_work() as session:
-        claimed = await session.scalar(
-            insert(InboxEntry)
-            .values(event_id=job.event_id, handler_id=job.handler_id)
-            .on_conflict_do_nothing()
-            .returning(InboxEntry.event_id)
-        )
-        if claimed is None:
+        raw = await _driver_connection(session)
+        arguments = {"event_id": job.event_id, "handler_id": job.handler_id}
+        async with raw.pipeline():
+            claim = await raw.execute(_CLAIM, arguments, prepare=True)
+        if await claim.fetchone() is None:
             log.info(
                 "durable job already done",
                 event_name=job.event_name,
