@@ -17,9 +17,11 @@ import anyio
 import httpx
 import procrastinate.sql
 import procrastinate.types
+import psycopg
 import pytest
 from durable_helpers import HANDLER_ID, Mark, register
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 
 from app import db, durable
 from app.business import audit, notify
@@ -544,3 +546,71 @@ async def test_the_jobs_of_a_lost_worker_are_requeued_or_dead_at_their_last_atte
         "during its last allowed run"
     )
     assert await durable.recover_lost_jobs(queue) == []
+
+
+async def cut_a_worker_mid_query(url: str) -> None:
+    """Make the worker's next fetch wait on a lock of procrastinate's job table, then terminate
+    every other connection to the test database: the fetch fails with its connection."""
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    async with (
+        await psycopg.AsyncConnection.connect(libpq) as locker,
+        await psycopg.AsyncConnection.connect(libpq, autocommit=True) as watcher,
+    ):
+        await locker.execute("LOCK TABLE procrastinate_jobs IN ACCESS EXCLUSIVE MODE")
+
+        async def a_fetch_waits() -> bool:
+            cursor = await watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE '%procrastinate_fetch_job%'"
+            )
+            row = await cursor.fetchone()
+            return row is not None and row[0] > 0
+
+        await eventually(a_fetch_waits, within=10)
+        await watcher.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
+            [locker.info.backend_pid],
+        )
+        await locker.rollback()
+
+
+async def test_the_embedded_worker_restarts_after_losing_its_connection(database_url, runs, logs):
+    """A worker whose connection drops mid-query logs the failure once and starts again after
+    a pause: a job enqueued afterwards is delivered."""
+    register()
+    await db.open_database(database_url)
+    try:
+        async with durable.running(worker=True):
+            await cut_a_worker_mid_query(database_url)
+            [employee_id] = await create()
+            await eventually(lambda: _count_marks(1), within=20)
+            assert [employee for employee, _, _ in await marks()] == [employee_id]
+    finally:
+        await db.close_database()
+    [failure] = [record for record in logs if record["event"] == "durable worker failed"]
+    assert sorted(failure) == ["error", "event", "exc_info", "log_level", "restart_in"]
+    assert (failure["log_level"], failure["restart_in"]) == ("error", 1.0)
+    assert failure["error"] == (
+        "ConnectorException: Database error. <- AdminShutdown: terminating connection due to "
+        "administrator command"
+    )
+
+
+async def test_a_worker_process_restarts_after_losing_its_connection(
+    database_url, queue, runs, tmp_path
+):
+    """``python -m app worker`` does the same: it logs the failure once, keeps running, and
+    delivers a job enqueued afterwards."""
+    register()
+    with worker_process(tmp_path) as worker:
+        await eventually(lambda: _workers(1), within=20)
+        await cut_a_worker_mid_query(database_url)
+        [employee_id] = await create()
+        await eventually(lambda: _count_marks(1), within=20)
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    assert [employee for employee, _, _ in await marks()] == [employee_id]
+    [log] = tmp_path.glob("worker-*.log")
+    assert log.read_text().count("durable worker failed") == 1

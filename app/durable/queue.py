@@ -23,11 +23,13 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, cast
 
 import procrastinate
+import procrastinate.signals
 import psycopg
 import structlog
 from procrastinate.job_context import JobContext
@@ -70,6 +72,10 @@ RECOVERY_EVERY: Final = 2.0
 POLL_EVERY: Final = 1.0
 """Seconds between a worker's polls (new jobs also arrive by LISTEN/NOTIFY; retries do not)."""
 MAX_BACKOFF: Final = 300.0
+RESTART_AFTER: Final = 1.0
+"""Seconds before a failed worker starts again, doubled for each failure in a row."""
+MAX_RESTART_AFTER: Final = 30.0
+"""The longest pause before a restart; a worker that ran longer starts the count again."""
 _TRACEBACK_LINES: Final = 12
 _SCHEMA_LOCK: Final = 0x70726F63  # advisory lock: concurrent start-ups apply the schema once
 
@@ -300,14 +306,86 @@ async def work(
     wait: bool = True,
     signals: bool = False,
 ) -> None:
-    """Run a worker on ``app`` (open) until stopped (cancelled, or a signal if ``signals``),
-    or, without ``wait``, until no job is left; lost workers' jobs are re-queued meanwhile."""
+    """Run a worker on ``app`` (open) until stopped, or, without ``wait``, until no job is
+    left; lost workers' jobs are re-queued meanwhile.
+
+    It stops when cancelled or, with ``signals``, at the first SIGINT or SIGTERM; running jobs
+    get up to the longest durable timeout. A second signal is Python's default (it stops at
+    once; the jobs stay in the table and run again elsewhere).
+
+    A worker that fails (its connection dropped mid-query, the database unreachable, or
+    procrastinate stopping it because one of its side tasks failed) is logged once,
+    ``"durable worker failed"`` with ``error`` (the exception and its causes, one line) and
+    ``restart_in``, and started again under a new worker id after ``RESTART_AFTER`` seconds,
+    doubled for each failure in a row up to ``MAX_RESTART_AFTER``. Without ``wait`` the
+    failure propagates instead. Cancellation always propagates.
+    """
+    if not wait:
+        await _run_worker(app, concurrency=concurrency, wait=False)
+        return
+    supervisor = asyncio.create_task(_supervise(app, concurrency), name="durable worker")
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        supervisor.cancel()
+
+    with procrastinate.signals.on_stop(stop) if signals else contextlib.nullcontext():
+        try:
+            await supervisor
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not stopped or (current is not None and current.cancelling()):
+                raise
+
+
+async def _supervise(app: procrastinate.App, concurrency: int) -> None:
+    """Run a worker again and again: see ``work``."""
+    delay = RESTART_AFTER
+    while True:
+        started = time.monotonic()
+        failure: Exception | None = None
+        try:
+            await _run_worker(app, concurrency=concurrency, wait=True)
+        except Exception as error:
+            failure = error
+        if time.monotonic() - started > MAX_RESTART_AFTER:
+            delay = RESTART_AFTER
+        log.error(
+            "durable worker failed",
+            error=_describe(failure)
+            if failure is not None
+            else "it stopped by itself after one of its side tasks failed (procrastinate "
+            "logged which)",
+            restart_in=delay,
+            exc_info=failure or False,
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, MAX_RESTART_AFTER)
+
+
+def _describe(error: BaseException) -> str:
+    """``error`` and what caused it, one line, the first line of each message (a database
+    error's next lines quote the SQL): ``"ConnectorException: Database error. <-
+    AdminShutdown: terminating connection due to administrator command"``."""
+    parts: list[str] = []
+    cause: BaseException | None = error
+    while cause is not None and len(parts) < 5:
+        message = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+        parts.append(f"{type(cause).__qualname__}: {message}" if message else type(cause).__name__)
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return " <- ".join(parts)
+
+
+async def _run_worker(app: procrastinate.App, *, concurrency: int, wait: bool) -> None:
+    """One procrastinate worker, with the recovery of lost workers' jobs beside it."""
     recovery = asyncio.create_task(_recover_lost_jobs(app), name="durable recovery")
     try:
         await app.run_worker_async(
             concurrency=concurrency,
             wait=wait,
-            install_signal_handlers=signals,
+            install_signal_handlers=False,
             shutdown_graceful_timeout=shutdown_grace(),
             update_heartbeat_interval=HEARTBEAT,
             stalled_worker_timeout=STALLED_AFTER,
