@@ -614,3 +614,39 @@ async def test_a_worker_process_restarts_after_losing_its_connection(
     assert [employee for employee, _, _ in await marks()] == [employee_id]
     [log] = tmp_path.glob("worker-*.log")
     assert log.read_text().count("durable worker failed") == 1
+
+
+async def test_a_worker_that_sees_the_server_restarted_starts_again_under_a_new_id(
+    database_url, runs, logs, monkeypatch
+):
+    """A worker commits asynchronously, so a server restart may have forgotten its last
+    commits: when the server's start time changes, it starts again under a new worker id (the
+    old id's running jobs are then re-queued as a lost worker's) and delivers as before."""
+    started = {"at": "before"}
+
+    async def server_started(app):
+        return started["at"]
+
+    monkeypatch.setattr(durable.queue, "_server_started", server_started)
+    register()
+    await db.open_database(database_url)
+    try:
+        async with durable.running(worker=True):
+            await eventually(lambda: _workers(1), within=10)
+            first = await scalar("SELECT min(id) FROM procrastinate_workers")
+            started["at"] = "after"
+
+            async def replaced() -> bool:
+                return await scalar("SELECT min(id) FROM procrastinate_workers") > first
+
+            await eventually(replaced, within=10)
+            [employee_id] = await create()
+            await eventually(lambda: _count_marks(1), within=10)
+            assert [employee for employee, _, _ in await marks()] == [employee_id]
+    finally:
+        await db.close_database()
+    [failure] = [record for record in logs if record["event"] == "durable worker failed"]
+    assert failure["error"] == (
+        "DatabaseRestartedError: the database server restarted (at after; the worker started "
+        "under the one started at before), so it may have forgotten the worker's last commits"
+    )

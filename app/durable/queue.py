@@ -15,6 +15,21 @@ backoff until ``max_attempts`` runs; then the job stays ``failed``: a dead lette
 Workers beat every ``HEARTBEAT`` seconds; every ``RECOVERY_EVERY`` seconds each worker re-queues
 the running jobs of workers silent for ``STALLED_AFTER`` seconds (killed with ``-9``, host
 lost), so such jobs run again within about 15 s.
+
+A worker's own transactions commit asynchronously (``synchronous_commit = off``): the fetch,
+the run's unit of work (inbox row and the handler's writes) and the finish, retry or failure
+of its job. They are its and nobody's promise to a client, and each would otherwise wait for
+an fsync. What a PostgreSQL crash can then forget is only a suffix of the write-ahead log,
+which is sequential: at most the last few hundred milliseconds of commits, never one commit
+while keeping a later one. So a forgotten run forgets its finish too, and a forgotten finish
+leaves the job running: it runs again and the inbox keeps its database effects single; a
+forgotten fetch leaves the job waiting, and the same holds. A synchronous commit (the web
+request's, which enqueues the jobs) also makes every earlier commit durable, so a 2xx still
+means the business data and its jobs are kept. What a worker still believes about a job the
+server forgot, it cannot tell: so a worker that sees the server restarted (its start time
+changed) starts again under a new worker id, and its old id's running jobs are re-queued as
+a lost worker's. The administrator's retries and everything the web process writes stay
+synchronous: a worker runs on a procrastinate app of its own (``worker_app``).
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ from typing import Any, Final, cast
 
 import procrastinate
 import procrastinate.signals
+import procrastinate.worker
 import psycopg
 import structlog
 from procrastinate.job_context import JobContext
@@ -58,6 +74,7 @@ __all__ = [
     "recover_lost_jobs",
     "running",
     "work",
+    "worker_app",
 ]
 
 log = structlog.get_logger(__name__)
@@ -152,15 +169,19 @@ async def _driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[A
     return cast("psycopg.AsyncConnection[Any]", raw)
 
 
-def make_app(conninfo: str, *, concurrency: int = 1) -> procrastinate.App:
+def make_app(conninfo: str, *, concurrency: int = 1, worker: bool = False) -> procrastinate.App:
     """A procrastinate app on ``conninfo`` with the one task that runs durable jobs.
 
     Its pool's connections are in autocommit: each of procrastinate's queries is one call of
     one of its functions, so a transaction around it only cost a BEGIN and a COMMIT, two
-    more round trips.
+    more round trips. With ``worker``, they also commit asynchronously (see the module's
+    docstring): give such an app to a worker only.
     """
     connector = procrastinate.PsycopgConnector(
-        conninfo=conninfo, min_size=1, max_size=concurrency + 4, configure=_autocommit
+        conninfo=conninfo,
+        min_size=1,
+        max_size=concurrency + 4,
+        configure=_worker_connection if worker else _autocommit,
     )
     app = procrastinate.App(connector=connector)
     app.task(name=TASK_NAME, pass_context=True, retry=ExponentialBackoff())(_deliver)
@@ -169,6 +190,20 @@ def make_app(conninfo: str, *, concurrency: int = 1) -> procrastinate.App:
 
 async def _autocommit(connection: psycopg.AsyncConnection[Any]) -> None:
     await connection.set_autocommit(True)
+
+
+async def _worker_connection(connection: psycopg.AsyncConnection[Any]) -> None:
+    await connection.set_autocommit(True)
+    await connection.execute("SET synchronous_commit = off")
+
+
+@contextlib.asynccontextmanager
+async def worker_app(*, concurrency: int = 1) -> AsyncIterator[procrastinate.App]:
+    """An open procrastinate app for a worker on the open database, its pool its own, whose
+    connections commit asynchronously (see the module's docstring)."""
+    app = make_app(db.conninfo(), concurrency=concurrency, worker=True)
+    async with app.open_async():
+        yield app
 
 
 async def _deliver(context: JobContext, job: dict[str, Any]) -> None:
@@ -182,11 +217,14 @@ async def _deliver(context: JobContext, job: dict[str, Any]) -> None:
 
 
 _CLAIM: Final = """
-INSERT INTO durable_inbox (event_id, handler_id) VALUES (%(event_id)s, %(handler_id)s)
+INSERT INTO durable_inbox (event_id, handler_id)
+SELECT %(event_id)s, %(handler_id)s
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS this_transaction
 ON CONFLICT DO NOTHING RETURNING true
 """
-"""The inbox claim, sent by the driver as a prepared statement and pipelined with the
-transaction's BEGIN: one round trip, no SQLAlchemy statement to build per job."""
+"""The inbox claim, which also makes the run's transaction commit asynchronously (``SET
+LOCAL``, see the module's docstring); sent by the driver as a prepared statement pipelined
+with the transaction's BEGIN: one round trip, no SQLAlchemy statement to build per job."""
 
 
 async def _run_once(job: DurableJob) -> None:
@@ -283,14 +321,40 @@ class WorkerLostError(RuntimeError):
     """A durable job's run ended with its worker lost (the recorded error of such a run)."""
 
 
-async def _recover_lost_jobs(app: procrastinate.App) -> None:
-    """Every ``RECOVERY_EVERY`` seconds, ``recover_lost_jobs``."""
+class DatabaseRestartedError(RuntimeError):
+    """The database server restarted under a running worker, which may have forgotten the
+    worker's last asynchronous commits: the worker must start again under a new id."""
+
+
+async def _look_after(app: procrastinate.App) -> None:
+    """Every ``RECOVERY_EVERY`` seconds, ``recover_lost_jobs`` (a failure is logged, and the
+    next round tries again).
+
+    Raises:
+        DatabaseRestartedError: the server's start time changed since the first round.
+    """
+    started = await _server_started(app)
     while True:
         await asyncio.sleep(RECOVERY_EVERY)
         try:
             await recover_lost_jobs(app)
+            now = await _server_started(app)
         except Exception:
+            _reraise_cancellation()
             log.exception("durable recovery failed")
+            continue
+        if now != started:
+            raise DatabaseRestartedError(
+                f"the database server restarted (at {now}; the worker started under the one "
+                f"started at {started}), so it may have forgotten the worker's last commits"
+            )
+
+
+async def _server_started(app: procrastinate.App) -> Any:
+    row = await app.connector.execute_query_one_async(
+        "SELECT pg_postmaster_start_time() AS started"
+    )
+    return row["started"]
 
 
 def shutdown_grace() -> float:
@@ -349,6 +413,7 @@ async def _supervise(app: procrastinate.App, concurrency: int) -> None:
         try:
             await _run_worker(app, concurrency=concurrency, wait=True)
         except Exception as error:
+            _reraise_cancellation()
             failure = error
         if time.monotonic() - started > MAX_RESTART_AFTER:
             delay = RESTART_AFTER
@@ -365,6 +430,15 @@ async def _supervise(app: procrastinate.App, concurrency: int) -> None:
         delay = min(delay * 2, MAX_RESTART_AFTER)
 
 
+def _reraise_cancellation() -> None:
+    """Raise ``CancelledError`` if this task is being cancelled: the driver turns a
+    cancellation that lands in a query into an error of its own (the query was cancelled),
+    which a loop that catches ``Exception`` would take for a failure and go on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _describe(error: BaseException) -> str:
     """``error`` and what caused it, one line, the first line of each message (a database
     error's next lines quote the SQL): ``"ConnectorException: Database error. <-
@@ -379,23 +453,41 @@ def _describe(error: BaseException) -> str:
 
 
 async def _run_worker(app: procrastinate.App, *, concurrency: int, wait: bool) -> None:
-    """One procrastinate worker, with the recovery of lost workers' jobs beside it."""
-    recovery = asyncio.create_task(_recover_lost_jobs(app), name="durable recovery")
+    """One procrastinate worker, with the recovery of lost workers' jobs beside it; it stops
+    (gracefully) if the recovery finds the server restarted.
+
+    It is stopped with its ``stop()``, asked again until it has stopped, never by cancelling
+    it: a cancellation that lands in a query can be taken by the driver, and a worker whose
+    cancellation was lost would never stop.
+
+    Raises:
+        DatabaseRestartedError: the server restarted.
+    """
+    worker = procrastinate.worker.Worker(
+        app=app,
+        concurrency=concurrency,
+        wait=wait,
+        install_signal_handlers=False,
+        shutdown_graceful_timeout=shutdown_grace(),
+        update_heartbeat_interval=HEARTBEAT,
+        stalled_worker_timeout=STALLED_AFTER,
+        fetch_job_polling_interval=POLL_EVERY,
+        abort_job_polling_interval=POLL_EVERY * 5,
+    )
+    run = asyncio.create_task(worker.run(), name="procrastinate worker")  # type: ignore[no-untyped-call]
+    recovery = asyncio.create_task(_look_after(app), name="durable recovery")
     try:
-        await app.run_worker_async(
-            concurrency=concurrency,
-            wait=wait,
-            install_signal_handlers=False,
-            shutdown_graceful_timeout=shutdown_grace(),
-            update_heartbeat_interval=HEARTBEAT,
-            stalled_worker_timeout=STALLED_AFTER,
-            fetch_job_polling_interval=POLL_EVERY,
-            abort_job_polling_interval=POLL_EVERY * 5,
-        )
+        await asyncio.wait((run, recovery), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        recovery.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await recovery
+        while not recovery.done():
+            recovery.cancel()
+            await asyncio.wait((recovery,), timeout=1.0)
+        while not run.done():
+            worker.stop()  # type: ignore[no-untyped-call]  # forgotten if asked before it started
+            await asyncio.wait((run,), timeout=1.0)
+    run.result()  # its failure
+    if not recovery.cancelled():
+        recovery.result()  # the failure it was stopped for
 
 
 @contextlib.asynccontextmanager
@@ -407,13 +499,14 @@ async def running(
     in the background (stopped on exit: running jobs get up to their timeout).
     """
     await ensure_schema()
-    app = make_app(db.conninfo(), concurrency=concurrency)
-    async with app.open_async():
+    app = make_app(db.conninfo())
+    async with app.open_async(), contextlib.AsyncExitStack() as stack:
         undo = install_transport(ProcrastinateTransport(app))
         task = None
         try:
             if worker:
-                task = asyncio.create_task(work(app, concurrency=concurrency), name="worker")
+                runner = await stack.enter_async_context(worker_app(concurrency=concurrency))
+                task = asyncio.create_task(work(runner, concurrency=concurrency), name="worker")
             yield app
         finally:
             if task is not None:
