@@ -40,6 +40,7 @@ import json
 import os
 import time
 import traceback
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, cast
 
@@ -47,6 +48,7 @@ import procrastinate
 import procrastinate.signals
 import procrastinate.worker
 import psycopg
+import psycopg_pool
 import structlog
 from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job, Status
@@ -182,10 +184,39 @@ def make_app(conninfo: str, *, concurrency: int = 1, worker: bool = False) -> pr
         min_size=1,
         max_size=concurrency + 4,
         configure=_worker_connection if worker else _autocommit,
+        pool_factory=_pool,
     )
     app = procrastinate.App(connector=connector)
     app.task(name=TASK_NAME, pass_context=True, retry=ExponentialBackoff())(_deliver)
     return app
+
+
+CHECK_IDLE_AFTER: Final = 1.0
+"""Seconds a pooled connection may sit idle before it is checked (one round trip) when taken."""
+
+_returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+    weakref.WeakKeyDictionary()
+)
+"""When each pooled connection was last given back to its pool (``time.monotonic()``)."""
+
+
+def _pool(**options: Any) -> psycopg_pool.AsyncConnectionPool[Any]:
+    """procrastinate's pool, except that a connection is checked only if it has been idle for
+    ``CHECK_IDLE_AFTER`` seconds: procrastinate checks it every time it is taken, a round trip
+    before each of a worker's queries. One dropped in between fails its query, and the worker
+    starts again (see ``work``)."""
+    return psycopg_pool.AsyncConnectionPool(
+        **{**options, "check": _check_if_idle, "reset": _note_returned}
+    )
+
+
+async def _check_if_idle(connection: psycopg.AsyncConnection[Any]) -> None:
+    if time.monotonic() - _returned.get(connection, 0.0) > CHECK_IDLE_AFTER:
+        await psycopg_pool.AsyncConnectionPool.check_connection(connection)
+
+
+async def _note_returned(connection: psycopg.AsyncConnection[Any]) -> None:
+    _returned[connection] = time.monotonic()
 
 
 async def _autocommit(connection: psycopg.AsyncConnection[Any]) -> None:
