@@ -6,7 +6,8 @@ alternate in ``--rounds`` rounds, so that a busy moment of a shared machine hits
   round trip), median and p99, against the same emit with no handler;
 - one worker's delivery throughput with a trivial handler (each run claims its inbox row and
   commits), at concurrency 1 and 4, on the app a worker gets (``durable.worker_app``);
-- commit-to-handler-start latency, with the worker waiting (LISTEN/NOTIFY), median and p99.
+- commit-to-handler-start latency, from just before the COMMIT is sent, with the worker
+  waiting (LISTEN/NOTIFY), median and p99.
 
 Recovery after a worker's ``kill -9`` is measured by the test suite
 (``tests/test_durable.py``), which asserts it stays under 25 s.
@@ -84,7 +85,8 @@ async def throughput(app: Any, jobs: int, concurrency: int) -> float:
 
 
 async def commit_to_start(app: Any, count: int) -> list[float]:
-    """Seconds from a commit to the start of its durable handler, with a worker waiting."""
+    """Seconds from a commit (just before it is sent, so its own fsync counts) to the start of
+    its durable handler, with a worker waiting."""
     await clear()
     started: dict[int, float] = {}
 
@@ -99,7 +101,9 @@ async def commit_to_start(app: Any, count: int) -> list[float]:
         for n in range(count):
             async with db.unit_of_work():
                 await emit(EVENT, n=n)
-            committed[n] = time.perf_counter()
+                # Before the COMMIT is sent: the worker shares this event loop, and may start
+                # the handler before this coroutine resumes after the commit.
+                committed[n] = time.perf_counter()
             await asyncio.sleep(0.01)
         deadline = time.monotonic() + 30
         while len(started) < count and time.monotonic() < deadline:  # noqa: ASYNC110 - polls
