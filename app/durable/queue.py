@@ -26,10 +26,11 @@ leaves the job running: it runs again and the inbox keeps its database effects s
 forgotten fetch leaves the job waiting, and the same holds. A synchronous commit (the web
 request's, which enqueues the jobs) also makes every earlier commit durable, so a 2xx still
 means the business data and its jobs are kept. What a worker still believes about a job the
-server forgot, it cannot tell: so a worker that sees the server restarted (its start time
-changed) starts again under a new worker id, and its old id's running jobs are re-queued as
-a lost worker's. The administrator's retries and everything the web process writes stay
-synchronous: a worker runs on a procrastinate app of its own (``worker_app``).
+server forgot, it cannot tell: every crash or restart of the server ends every connection, so
+a worker whose sentinel connection (one of its own, open as long as it runs) is lost starts
+again under a new worker id, and its old id's running jobs are re-queued as a lost worker's.
+The administrator's retries and everything the web process writes stay synchronous: a
+worker runs on a procrastinate app of its own (``worker_app``).
 """
 
 from __future__ import annotations
@@ -353,39 +354,44 @@ class WorkerLostError(RuntimeError):
 
 
 class DatabaseRestartedError(RuntimeError):
-    """The database server restarted under a running worker, which may have forgotten the
-    worker's last asynchronous commits: the worker must start again under a new id."""
+    """The database server may have restarted under a running worker (its sentinel connection
+    was lost), and forgotten the worker's last asynchronous commits: the worker must start
+    again under a new id."""
+
+
+SENTINEL: Final = "app durable worker sentinel"
+"""The ``application_name`` of each worker's sentinel connection."""
 
 
 async def _look_after(app: procrastinate.App) -> None:
     """Every ``RECOVERY_EVERY`` seconds, ``recover_lost_jobs`` (a failure is logged, and the
-    next round tries again).
+    next round tries again), and check the worker's sentinel: a connection of its own, open
+    as long as the worker runs, that nothing else uses.
 
     Raises:
-        DatabaseRestartedError: the server's start time changed since the first round.
+        DatabaseRestartedError: the sentinel connection was lost. Every crash or restart of
+            the server ends every connection, and may have forgotten the worker's last
+            commits; so may a dropped network link be taken for one, which costs a restart.
     """
-    started = await _server_started(app)
-    while True:
-        await asyncio.sleep(RECOVERY_EVERY)
-        try:
-            await recover_lost_jobs(app)
-            now = await _server_started(app)
-        except Exception:
-            _reraise_cancellation()
-            log.exception("durable recovery failed")
-            continue
-        if now != started:
-            raise DatabaseRestartedError(
-                f"the database server restarted (at {now}; the worker started under the one "
-                f"started at {started}), so it may have forgotten the worker's last commits"
-            )
-
-
-async def _server_started(app: procrastinate.App) -> Any:
-    row = await app.connector.execute_query_one_async(
-        "SELECT pg_postmaster_start_time() AS started"
-    )
-    return row["started"]
+    async with await psycopg.AsyncConnection.connect(
+        db.conninfo(), autocommit=True, application_name=SENTINEL
+    ) as sentinel:
+        while True:
+            await asyncio.sleep(RECOVERY_EVERY)
+            try:
+                await recover_lost_jobs(app)
+            except Exception:
+                _reraise_cancellation()
+                log.exception("durable recovery failed")
+            try:
+                await sentinel.execute("SELECT 1")
+            except psycopg.Error as error:
+                _reraise_cancellation()
+                raise DatabaseRestartedError(
+                    "the worker's sentinel connection to the database was lost, as in every "
+                    "crash or restart of the server, which may have forgotten the worker's "
+                    "last commits"
+                ) from error
 
 
 def shutdown_grace() -> float:
@@ -485,14 +491,14 @@ def _describe(error: BaseException) -> str:
 
 async def _run_worker(app: procrastinate.App, *, concurrency: int, wait: bool) -> None:
     """One procrastinate worker, with the recovery of lost workers' jobs beside it; it stops
-    (gracefully) if the recovery finds the server restarted.
+    (gracefully) if the recovery finds the server may have restarted.
 
     It is stopped with its ``stop()``, asked again until it has stopped, never by cancelling
     it: a cancellation that lands in a query can be taken by the driver, and a worker whose
     cancellation was lost would never stop.
 
     Raises:
-        DatabaseRestartedError: the server restarted.
+        DatabaseRestartedError: the server may have restarted.
     """
     worker = procrastinate.worker.Worker(
         app=app,
