@@ -259,7 +259,7 @@ def _worker(*, concurrency: int, json: bool) -> int:
 
         await db.open_database()
         try:
-            async with durable.running() as queue:
+            async with durable.running(), durable.worker_app(concurrency=concurrency) as queue:
                 await durable.work(queue, concurrency=concurrency, signals=True)
         finally:
             await db.close_database()

@@ -23,29 +23,56 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port free right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def _start(folder: str, port: int, database_url: str | None) -> subprocess.Popen[bytes]:
-    env = {key: value for key, value in os.environ.items() if key != "APP_DATABASE_URL"}
+def start_server(
+    folder: str,
+    port: int,
+    database_url: str | None,
+    *,
+    serve: Sequence[str] = (sys.executable, "-m", "app"),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``python -m app --json serve --port PORT`` in ``folder`` (``serve``: another command
+    taking the same arguments), on ``database_url`` or else the folder's embedded server, with
+    ``env`` added to the environment; its output is discarded."""
+    environment = {key: value for key, value in os.environ.items() if key != "APP_DATABASE_URL"}
     if database_url:
-        env["APP_DATABASE_URL"] = database_url
-    command = [sys.executable, "-m", "app", "--json", "serve", "--port", str(port)]
+        environment["APP_DATABASE_URL"] = database_url
+    environment.update(env or {})
+    command = [*serve, "--json", "serve", "--port", str(port)]
     return subprocess.Popen(  # noqa: S603 - this project's own entry point
-        command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        cwd=folder,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
-async def _wait_until_up(client: httpx.AsyncClient, server: subprocess.Popen[bytes]) -> None:
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """Stop the server with SIGINT, killing it if it has not exited within 60 s."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+async def wait_until_up(client: httpx.AsyncClient, server: subprocess.Popen[bytes]) -> None:
+    """Wait until ``server`` answers ``client`` (exit if it dies or takes over 60 s)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -58,7 +85,7 @@ async def _wait_until_up(client: httpx.AsyncClient, server: subprocess.Popen[byt
     raise SystemExit("the server did not come up within 60 s")
 
 
-async def _phase(
+async def phase(
     count: int, concurrency: int, request: Callable[[int], Awaitable[httpx.Response]]
 ) -> tuple[list[float], list[httpx.Response | None], float]:
     """Run ``request(i)`` for i in range(count), ``concurrency`` at a time."""
@@ -89,7 +116,7 @@ def _row(name: str, latencies: list[float], seconds: float, failed: int) -> str:
     )
 
 
-def _miscount(rows: list[dict[str, Any]], expected: set[int]) -> tuple[int, int]:
+def miscount(rows: list[dict[str, Any]], expected: set[int]) -> tuple[int, int]:
     """(missing, duplicated) rows of ``expected`` employees, one row each expected."""
     counts = collections.Counter(row["employee_id"] for row in rows)
     missing = len(expected - set(counts))
@@ -102,20 +129,20 @@ async def _run(
 ) -> int:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
-        await _wait_until_up(client, server)
+        await wait_until_up(client, server)
 
         async def create(index: int) -> httpx.Response:
             body = {"name": f"Load {index}", "department_id": 1 + index % 7, "created_by": 1}
             return await client.post("/employees", json=body)
 
-        made, created, made_in = await _phase(creates, concurrency, create)
+        made, created, made_in = await phase(creates, concurrency, create)
         ids = sorted(r.json()["id"] for r in created if r is not None and r.status_code == 201)
 
         async def activate(index: int) -> httpx.Response:
             body = {"to_state": "active", "actor_id": 1}
             return await client.post(f"/employees/{ids[index]}/status", json=body)
 
-        moved_latencies, moved, moved_in = await _phase(len(ids), concurrency, activate)
+        moved_latencies, moved, moved_in = await phase(len(ids), concurrency, activate)
         deadline = time.monotonic() + 60
         while True:
             mails = (await client.get("/outbox")).json()
@@ -125,8 +152,8 @@ async def _run(
             await asyncio.sleep(0.2)
     failed_creates = sum(r is None or r.status_code != 201 for r in created)
     failed_moves = sum(r is None or r.status_code != 200 for r in moved)
-    mails_missing, mails_doubled = _miscount(mails, set(ids))
-    audit_missing, audit_doubled = _miscount(audit, set(ids))
+    mails_missing, mails_doubled = miscount(mails, set(ids))
+    audit_missing, audit_doubled = miscount(audit, set(ids))
     python = platform.python_version()
     print(f"concurrency {concurrency}, loopback, {database}, CPython {python}")
     print("| requests | count | failed | p50 ms | p99 ms | requests/s |")
@@ -153,20 +180,15 @@ def main() -> int:
         "one in a temporary folder)",
     )
     args = parser.parse_args()
-    port = _free_port()
+    port = free_port()
     database = "the PostgreSQL server given" if args.database_url else "embedded PostgreSQL"
     with tempfile.TemporaryDirectory(prefix="bench-service-") as folder:
-        server = _start(folder, port, args.database_url)
+        server = start_server(folder, port, args.database_url)
         try:
             base = f"http://127.0.0.1:{port}"
             return asyncio.run(_run(base, args.creates, args.concurrency, server, database))
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,23 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import httpx
+import procrastinate.sql
+import procrastinate.types
+import psycopg
 import pytest
 from durable_helpers import HANDLER_ID, Mark, register
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 
 from app import db, durable
 from app.business import audit, notify
 from app.business.hr import create_employee
-from app.core.durable import DurableDeliveryError
+from app.core.durable import DurableDeliveryError, DurableJob
 from app.core.events import emit, on
 from app.durable import admin
 
@@ -137,6 +142,98 @@ async def test_a_rollback_leaves_no_job_and_a_commit_one_per_durable_handler(que
         "department_id": 7,
         "created_by": 1,
     }
+
+
+PROCRASTINATE_DEFER_JOBS = """SELECT  unnest(
+  procrastinate_defer_jobs_v1(
+    %(jobs)s::procrastinate_job_to_defer_v1[]
+  )
+) AS id;"""
+
+
+async def test_procrastinate_s_defer_query_and_job_type_are_the_ones_the_transport_mirrors(queue):
+    """The transport builds procrastinate's defer call itself (app.durable.queue._DEFER_JOBS):
+    a procrastinate whose defer query, job type or defer function changed fails here."""
+    assert procrastinate.sql.queries["defer_jobs"] == PROCRASTINATE_DEFER_JOBS
+    assert procrastinate.types.JobToDefer._fields == (
+        "queue_name",
+        "task_name",
+        "priority",
+        "lock",
+        "queueing_lock",
+        "args",
+        "scheduled_at",
+    )
+    async with db.transaction() as session:
+        fields = await session.execute(
+            text(
+                "SELECT attribute.attname, format_type(attribute.atttypid, attribute.atttypmod) "
+                "FROM pg_type JOIN pg_attribute AS attribute ON attribute.attrelid = typrelid "
+                "WHERE typname = 'procrastinate_job_to_defer_v1' AND attribute.attnum > 0 "
+                "ORDER BY attribute.attnum"
+            )
+        )
+        assert [tuple(row) for row in fields] == [
+            ("queue_name", "character varying"),
+            ("task_name", "character varying"),
+            ("priority", "integer"),
+            ("lock", "text"),
+            ("queueing_lock", "text"),
+            ("args", "jsonb"),
+            ("scheduled_at", "timestamp with time zone"),
+        ]
+        signature = await session.scalar(
+            text(
+                "SELECT pg_get_function_identity_arguments(oid) || ' -> ' "
+                "|| pg_get_function_result(oid) FROM pg_proc "
+                "WHERE proname = 'procrastinate_defer_jobs_v1'"
+            )
+        )
+        assert signature == "jobs procrastinate_job_to_defer_v1[] -> bigint[]"
+
+
+async def test_the_transport_writes_the_rows_procrastinate_s_own_defer_writes(queue):
+    """One enqueue of three jobs writes, in order, the job and event rows that procrastinate's
+    batch defer writes for the same arguments, awkward JSON included."""
+    payload = {"name": 'O\'Brien "Ró\\ṡa" \u2028', "tags": [1, 2.5, None, True], "deep": {"a": {}}}
+    jobs = [
+        DurableJob(
+            event_name="employee.created",
+            payload=payload,
+            handler_id=f"tests.handler_{index}",
+            event_id="01a2063d-f3e5-7187-94ee-58c33c90837a",
+            correlation_id="01a2063d-f3e5-7187-94ee-58c33c90837b",
+            causation_id=None if index else "01a2063d-f3e5-7187-94ee-58c33c90837c",
+            depth=index,
+            occurred_at=datetime(2026, 12, 2, 6, 30, tzinfo=UTC),
+            max_attempts=index + 1,
+            timeout=30.0,
+        )
+        for index in range(3)
+    ]
+    select_jobs = text(
+        "SELECT queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, "
+        "status::text, attempts, abort_requested, worker_id FROM procrastinate_jobs ORDER BY id"
+    )
+    written = {}
+    for way in ("transport", "procrastinate"):
+        async with db.unit_of_work() as session:
+            if way == "transport":
+                await durable.ProcrastinateTransport(queue).enqueue(jobs)
+            else:
+                raw = (await (await session.connection()).get_raw_connection()).driver_connection
+                deferrer = queue.tasks[durable.TASK_NAME].configure(connection=raw)
+                await deferrer.batch_defer_async(*({"job": job.to_json()} for job in jobs))
+            rows = await session.execute(select_jobs)
+            events = await session.execute(
+                text("SELECT job_id, type::text FROM procrastinate_events ORDER BY id")
+            )
+            written[way] = ([tuple(row) for row in rows], [type_ for _, type_ in events])
+            await session.execute(text("TRUNCATE procrastinate_jobs CASCADE"))
+    assert written["transport"] == written["procrastinate"]
+    job_rows, event_types = written["transport"]
+    assert [row[5]["job"] for row in job_rows] == [job.to_json() for job in jobs]
+    assert event_types == ["deferred"] * 3
 
 
 async def test_a_durable_emit_outside_a_unit_of_work_is_refused(queue):
@@ -449,3 +546,112 @@ async def test_the_jobs_of_a_lost_worker_are_requeued_or_dead_at_their_last_atte
         "during its last allowed run"
     )
     assert await durable.recover_lost_jobs(queue) == []
+
+
+async def cut_a_worker_mid_query(url: str) -> None:
+    """Make the worker's next fetch wait on a lock of procrastinate's job table, then terminate
+    every other connection to the test database: the fetch fails with its connection."""
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    async with (
+        await psycopg.AsyncConnection.connect(libpq) as locker,
+        await psycopg.AsyncConnection.connect(libpq, autocommit=True) as watcher,
+    ):
+        await locker.execute("LOCK TABLE procrastinate_jobs IN ACCESS EXCLUSIVE MODE")
+
+        async def a_fetch_waits() -> bool:
+            cursor = await watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE '%procrastinate_fetch_job%'"
+            )
+            row = await cursor.fetchone()
+            return row is not None and row[0] > 0
+
+        await eventually(a_fetch_waits, within=10)
+        await watcher.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
+            [locker.info.backend_pid],
+        )
+        await locker.rollback()
+
+
+async def test_the_embedded_worker_restarts_after_losing_its_connection(database_url, runs, logs):
+    """A worker whose connection drops mid-query logs the failure once and starts again after
+    a pause: a job enqueued afterwards is delivered."""
+    register()
+    await db.open_database(database_url)
+    try:
+        async with durable.running(worker=True):
+            await cut_a_worker_mid_query(database_url)
+            [employee_id] = await create()
+            await eventually(lambda: _count_marks(1), within=20)
+            assert [employee for employee, _, _ in await marks()] == [employee_id]
+    finally:
+        await db.close_database()
+    [failure] = [record for record in logs if record["event"] == "durable worker failed"]
+    assert sorted(failure) == ["error", "event", "exc_info", "log_level", "restart_in"]
+    assert (failure["log_level"], failure["restart_in"]) == ("error", 1.0)
+    assert failure["error"].endswith(  # whatever else failed with it, during the stop
+        "ConnectorException: Database error. <- AdminShutdown: terminating connection due to "
+        "administrator command"
+    )
+
+
+async def test_a_worker_process_restarts_after_losing_its_connection(
+    database_url, queue, runs, tmp_path
+):
+    """``python -m app worker`` does the same: it logs the failure once, keeps running, and
+    delivers a job enqueued afterwards."""
+    register()
+    with worker_process(tmp_path) as worker:
+        await eventually(lambda: _workers(1), within=20)
+        await cut_a_worker_mid_query(database_url)
+        [employee_id] = await create()
+        await eventually(lambda: _count_marks(1), within=20)
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    assert [employee for employee, _, _ in await marks()] == [employee_id]
+    [log] = tmp_path.glob("worker-*.log")
+    assert log.read_text().count("durable worker failed") == 1
+
+
+async def test_a_worker_that_loses_its_sentinel_connection_starts_again_under_a_new_id(
+    database_url, runs, logs
+):
+    """A worker commits asynchronously, so a server crash may have forgotten its last commits;
+    every crash ends every connection, so a worker whose sentinel connection is lost starts
+    again under a new worker id (the old id's running jobs are then re-queued as a lost
+    worker's) and delivers as before."""
+    register()
+    await db.open_database(database_url)
+    try:
+        async with durable.running(worker=True):
+            await eventually(lambda: _workers(1), within=10)
+            first = await scalar("SELECT min(id) FROM procrastinate_workers")
+            sentinel = {"name": durable.queue.SENTINEL}
+            where = " FROM pg_stat_activity WHERE application_name = :name"
+
+            async def watching() -> bool:
+                async with db.transaction() as session:
+                    return bool(await session.scalar(text("SELECT count(*)" + where), sentinel))
+
+            await eventually(watching, within=10)
+            async with db.transaction() as session:
+                await session.execute(text("SELECT pg_terminate_backend(pid)" + where), sentinel)
+
+            async def replaced() -> bool:
+                return await scalar("SELECT min(id) FROM procrastinate_workers") > first
+
+            await eventually(replaced, within=10)
+            [employee_id] = await create()
+            await eventually(lambda: _count_marks(1), within=10)
+            assert [employee for employee, _, _ in await marks()] == [employee_id]
+    finally:
+        await db.close_database()
+    [failure] = [record for record in logs if record["event"] == "durable worker failed"]
+    assert failure["error"].startswith(
+        "DatabaseRestartedError: the worker's sentinel connection to the database was lost, "
+        "as in every crash or restart of the server, which may have forgotten the worker's "
+        "last commits <- "
+    )

@@ -2,8 +2,8 @@
 
 ``running()`` gives a process durable delivery on the open database (schema, transport and,
 optionally, a background worker); ``work()`` runs a worker in the foreground
-(``python -m app worker``); ``admin`` backs ``python -m app events jobs|dead|retry``. See
-``app.durable.queue`` for the semantics.
+(``python -m app worker``), on the app ``worker_app()`` opens; ``admin`` backs
+``python -m app events jobs|dead|retry``. See ``app.durable.queue`` for the semantics.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from app.durable.queue import (
     recover_lost_jobs,
     running,
     work,
+    worker_app,
 )
 from app.durable.store import FailedRun, InboxEntry
 
@@ -31,4 +32,5 @@ __all__ = [
     "recover_lost_jobs",
     "running",
     "work",
+    "worker_app",
 ]
