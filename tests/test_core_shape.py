@@ -131,6 +131,30 @@ class _NoTransport:
         pass
 
 
+def test_wrap_each_makes_a_lists_wrappers_once_and_keeps_a_bounded_number_of_lists():
+    """``wrap_each`` calls ``make`` once per registration of a list it has not seen, returns
+    the same wrappers for the same list, and starts again past ``MADE_LIMIT`` lists."""
+    made = []
+
+    def make(registration):
+        made.append(registration)
+        return ("wrapped", registration)
+
+    wrapped = _pipeline.wrap_each(make)
+    first, second = ["a", "b"], ["a", "b"]
+    assert wrapped(first) == [("wrapped", "a"), ("wrapped", "b")]
+    assert wrapped(first) is wrapped(first)
+    assert made == ["a", "b"]
+    assert wrapped(second) is not wrapped(first)
+    assert made == ["a", "b", "a", "b"]
+    others = [[n] for n in range(_pipeline.MADE_LIMIT)]
+    for other in others:
+        wrapped(other)
+    made.clear()
+    wrapped(first)
+    assert made == ["a", "b"]
+
+
 def test_type_checks_install_and_remove_one_step():
     """``check_payload_types`` installs its step once and takes it out again."""
     before = catalogue.payload_types_checked()
