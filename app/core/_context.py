@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import operator
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -75,8 +76,11 @@ class EventContext:
 class Event:
     """One emit as the work done for it sees it: name, cause, depth, start, running handler.
 
-    ``handler`` is the registration the emit is running now (set by the delivery loop). The
-    ids are made on first use from the start time, so an event nobody asks about costs no id.
+    The delivery loop sets ``running`` once per delivery: the handlers it runs and the
+    iterator it takes them from (over them, or over a sequence of the same length), so the
+    running handler is the one that iterator gave last and the loop stores nothing per
+    handler. The ids are made on first use from the start time, so an event nobody asks
+    about costs no id.
     """
 
     __slots__ = (
@@ -85,24 +89,42 @@ class Event:
         "_id",
         "_line",
         "depth",
-        "handler",
         "name",
         "ns",
         "parent",
+        "running",
     )
+
+    running: tuple[Sequence[Labelled], Iterator[object]]
+    """The handlers the delivery loop runs, and the iterator it takes them from (a list's or
+    a tuple's, which knows how many items it has left); unset until it starts."""
 
     def __init__(self, name: str, parent: Event | None, depth: int) -> None:
         self.name = name
         self.parent = parent
         self.depth = depth
         self.ns = time.time_ns()
-        self.handler: Labelled | None = None
         # A root event takes its correlation id from its caller's context, read when needed.
         self._caller = contextvars.copy_context() if parent is None else None
         # Made when first asked for (None, not unset: a missing slot raises, which is slow).
         self._id: str | None = None
         self._correlation_id: str | None = None
         self._line: tuple[Labelled | None, dict[str, Any]] | None = None
+
+    @property
+    def handler(self) -> Labelled | None:
+        """The handler the emit is running now (the last one once it is done), or None
+        before the first one starts."""
+        try:
+            handlers, iterator = self.running
+        except AttributeError:
+            return None
+        index = len(handlers) - operator.length_hint(iterator) - 1
+        return handlers[index] if index >= 0 else None
+
+    @handler.setter
+    def handler(self, handler: Labelled | None) -> None:
+        self.running = ((), iter(())) if handler is None else ((handler,), iter(()))
 
     @property
     def event_id(self) -> str:
@@ -139,7 +161,8 @@ class Event:
     @property
     def handler_label(self) -> str:
         """The running handler's ``module.qualname``; empty before the first one starts."""
-        return "" if self.handler is None else self.handler.label
+        handler = self.handler
+        return "" if handler is None else handler.label
 
     def context(self) -> EventContext:
         """This event as ``current_event()`` shows it."""

@@ -164,14 +164,16 @@ class Registration:
 class Entries(list[Registration]):
     """One event's registrations as ``emit`` reads them: the list itself holds the in-process
     ones, in order (what the delivery loop runs); ``durable`` the durable ones, ``every`` all of
-    them in registration order. Computed once per change, so an emit pays nothing for them."""
+    them in registration order; ``async_calls`` what the loop calls when every in-process one
+    is awaited (None otherwise). Computed once per change, so an emit pays nothing for them."""
 
-    __slots__ = ("durable", "every")
+    __slots__ = ("async_calls", "durable", "every")
 
     def __init__(self, every: Sequence[Registration] = ()) -> None:
         super().__init__(r for r in every if not r.durable)
         self.every = tuple(every)
         self.durable = tuple(r for r in every if r.durable)
+        self.async_calls = tuple(r.call for r in self) if all(r.awaits for r in self) else None
 
 
 _handlers: collections.defaultdict[str, Entries] = collections.defaultdict(Entries)
@@ -406,7 +408,7 @@ async def emit(name: str, /, **kwargs: Any) -> None:
             return
     deferral = _deferral.get()
     if deferral is None or not deferral.defer(name, kwargs, event):
-        await _pipeline.deliver(name, kwargs, event, _handlers.get(name, ()))
+        await _pipeline.deliver(name, kwargs, event, entries)
 
 
 def admit(name: str, kwargs: dict[str, Any]) -> Event | None:
@@ -490,14 +492,29 @@ async def _enqueue(
 
 
 async def _deliver(
-    name: str, kwargs: dict[str, Any], event: Event, entries: Sequence[Registration]
+    name: str, kwargs: dict[str, Any], event: Event, entries: Sequence[_pipeline.Handler]
 ) -> None:
     """The delivery loop: run each handler in order as work done for ``event``, isolating
-    each one's ``Exception`` (logged once); every other ``BaseException`` propagates."""
+    each one's ``Exception`` (logged once); every other ``BaseException`` propagates.
+
+    The loop tells ``event`` its iterator once (``Event.running``) and stores nothing per
+    handler; when every handler is awaited (``Entries.async_calls``) it decides nothing per
+    handler either."""
     token = _current.set(event)
     try:
-        for registration in entries:
-            event.handler = registration
+        calls: Sequence[Callable[..., Any]] | None = getattr(entries, "async_calls", None)
+        if calls is not None:
+            running = iter(calls)
+            event.running = (entries, running)
+            for call in running:
+                try:
+                    await call(**kwargs)
+                except Exception as exc:
+                    _log_failure(event, event.handler_label, exc)
+            return
+        handlers = iter(entries)
+        event.running = (entries, handlers)
+        for registration in handlers:
             try:  # run_handler's body, inlined: a coroutine per handler would double its cost
                 if registration.awaits:
                     await registration.call(**kwargs)
