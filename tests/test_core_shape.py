@@ -138,12 +138,13 @@ def test_wrap_each_makes_a_lists_wrappers_once_and_keeps_a_bounded_number_of_lis
 
     def make(registration):
         made.append(registration)
-        return ("wrapped", registration)
+        return _Wrapped(registration)
 
     wrapped = _pipeline.wrap_each(make)
     first, second = ["a", "b"], ["a", "b"]
-    assert wrapped(first) == [("wrapped", "a"), ("wrapped", "b")]
+    assert [w.label for w in wrapped(first)] == ["a", "b"]
     assert wrapped(first) is wrapped(first)
+    assert wrapped(first).async_calls == tuple(w.call for w in wrapped(first))
     assert made == ["a", "b"]
     assert wrapped(second) is not wrapped(first)
     assert made == ["a", "b", "a", "b"]
@@ -153,6 +154,18 @@ def test_wrap_each_makes_a_lists_wrappers_once_and_keeps_a_bounded_number_of_lis
     made.clear()
     wrapped(first)
     assert made == ["a", "b"]
+
+
+class _Wrapped:
+    """A handler made by a wrapper, for ``wrap_each``."""
+
+    awaits = True
+
+    def __init__(self, label):
+        self.label = label
+
+    async def call(self, **kwargs):
+        pass
 
 
 def test_type_checks_install_and_remove_one_step():

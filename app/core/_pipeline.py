@@ -21,7 +21,7 @@ once per call; installing swaps them atomically under one lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
@@ -33,6 +33,7 @@ __all__ = [
     "Deferral",
     "Deliver",
     "EmitHook",
+    "Handlers",
     "Step",
     "deferral",
     "install_failure_listener",
@@ -44,7 +45,7 @@ __all__ = [
     "wrap_each",
 ]
 
-WrappedT = TypeVar("WrappedT")
+HandlerT = TypeVar("HandlerT", bound="Handler")
 
 
 class Handler(Protocol):
@@ -53,6 +54,18 @@ class Handler(Protocol):
     label: str
     awaits: bool
     call: Callable[..., Any]
+
+
+class Handlers(list[HandlerT]):
+    """Handlers in the order the delivery loop runs them, with ``async_calls`` made once:
+    what the loop awaits, one call per handler, when every handler is awaited (else None,
+    and the loop decides per handler)."""
+
+    __slots__ = ("async_calls",)
+
+    def __init__(self, handlers: Iterable[HandlerT] = ()) -> None:
+        super().__init__(handlers)
+        self.async_calls = tuple(h.call for h in self) if all(h.awaits for h in self) else None
 
 
 Step = Callable[[str, Mapping[str, Any], "Event"], bool]
@@ -167,22 +180,25 @@ def wrap_delivery(
     return undo
 
 
-def wrap_each(make: Callable[[Any], WrappedT]) -> Callable[[Sequence[Any]], list[WrappedT]]:
+def wrap_each(
+    make: Callable[[Any], HandlerT],
+) -> Callable[[Sequence[Any]], Handlers[HandlerT]]:
     """For a delivery wrapper: a function that maps a registration list to
-    ``[make(registration) for registration in entries]``, made once per list and then reused.
+    ``Handlers(make(registration) for registration in entries)``, made once per list and then
+    reused (so ``make`` must return handlers: ``label``, ``awaits``, ``call``).
 
     The registry replaces a name's list when it changes, so a list's identity is its version.
     At most ``MADE_LIMIT`` lists are kept; past that the cache starts again.
     """
-    made: dict[int, tuple[Sequence[Any], list[WrappedT]]] = {}
+    made: dict[int, tuple[Sequence[Any], Handlers[HandlerT]]] = {}
 
-    def wrapped(entries: Sequence[Any]) -> list[WrappedT]:
+    def wrapped(entries: Sequence[Any]) -> Handlers[HandlerT]:
         found = made.get(id(entries))
         if found is not None and found[0] is entries:
             return found[1]
         if len(made) >= MADE_LIMIT:
             made.clear()
-        each = [make(registration) for registration in entries]
+        each = Handlers(make(registration) for registration in entries)
         made[id(entries)] = (entries, each)  # the list is kept, so its id is not reused
         return each
 

@@ -161,19 +161,18 @@ class Registration:
         return options
 
 
-class Entries(list[Registration]):
+class Entries(_pipeline.Handlers[Registration]):
     """One event's registrations as ``emit`` reads them: the list itself holds the in-process
-    ones, in order (what the delivery loop runs); ``durable`` the durable ones, ``every`` all of
-    them in registration order; ``async_calls`` what the loop calls when every in-process one
-    is awaited (None otherwise). Computed once per change, so an emit pays nothing for them."""
+    ones, in order (what the delivery loop runs, with ``async_calls``); ``durable`` the
+    durable ones, ``every`` all of them in registration order. Computed once per change, so
+    an emit pays nothing for them."""
 
-    __slots__ = ("async_calls", "durable", "every")
+    __slots__ = ("durable", "every")
 
     def __init__(self, every: Sequence[Registration] = ()) -> None:
         super().__init__(r for r in every if not r.durable)
         self.every = tuple(every)
         self.durable = tuple(r for r in every if r.durable)
-        self.async_calls = tuple(r.call for r in self) if all(r.awaits for r in self) else None
 
 
 _handlers: collections.defaultdict[str, Entries] = collections.defaultdict(Entries)
@@ -498,11 +497,14 @@ async def _deliver(
     each one's ``Exception`` (logged once); every other ``BaseException`` propagates.
 
     The loop tells ``event`` its iterator once (``Event.running``) and stores nothing per
-    handler; when every handler is awaited (``Entries.async_calls``) it decides nothing per
+    handler; when every handler is awaited (``Handlers.async_calls``) it decides nothing per
     handler either."""
     token = _current.set(event)
     try:
-        calls: Sequence[Callable[..., Any]] | None = getattr(entries, "async_calls", None)
+        try:
+            calls = entries.async_calls  # type: ignore[attr-defined]
+        except AttributeError:  # not made as _pipeline.Handlers: decide per handler
+            calls = None
         if calls is not None:
             running = iter(calls)
             event.running = (entries, running)
@@ -546,7 +548,7 @@ async def run_handler(registration: _pipeline.Handler, kwargs: dict[str, Any]) -
 async def deliver_later(name: str, kwargs: dict[str, Any], event: Event) -> None:
     """Deliver an event ``emit`` already checked and queued (a deferral scope, a background
     emitter) to the handlers registered now, through the same path as ``emit``."""
-    await _pipeline.deliver(name, kwargs, event, _handlers.get(name, ()))
+    await _pipeline.deliver(name, kwargs, event, _handlers.get(name, _NO_ENTRIES))
 
 
 def current_event() -> EventContext | None:
