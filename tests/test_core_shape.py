@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import collections.abc
 import re
 from pathlib import Path
 
 import pytest
 
 from app.core import _pipeline, catalogue
-from app.core.events import emit, on
+from app.core.events import current_event, emit, on
 
 ROOT = Path(__file__).resolve().parents[1] / "app"
 CORE = ROOT / "core"
@@ -154,6 +155,45 @@ def test_wrap_each_makes_a_lists_wrappers_once_and_keeps_a_bounded_number_of_lis
     made.clear()
     wrapped(first)
     assert made == ["a", "b"]
+
+
+@pytest.mark.anyio
+async def test_a_wrapper_may_hand_the_loop_any_sequence(registry, declare_event):
+    """A wrapper passing its own kind of sequence still has each handler named while it runs."""
+    declare_event("order.placed")
+    seen = []
+
+    async def first(**kwargs):
+        seen.append(current_event().handler)
+
+    def second(**kwargs):
+        seen.append(current_event().handler)
+
+    on("order.placed")(first)
+    on("order.placed")(second)
+
+    class Own(collections.abc.Sequence):
+        def __init__(self, items):
+            self.items = list(items)
+
+        def __getitem__(self, index):
+            return self.items[index]
+
+        def __len__(self):
+            return len(self.items)
+
+    def wrapper(inner):
+        async def around(name, kwargs, event, entries):
+            await inner(name, kwargs, event, Own(entries))
+
+        return around
+
+    undo = _pipeline.wrap_delivery("test", wrapper)
+    try:
+        await emit("order.placed")
+    finally:
+        undo()
+    assert seen == [f"{__name__}.{f.__qualname__}" for f in (first, second)]
 
 
 class _Wrapped:

@@ -503,8 +503,8 @@ async def _deliver(
     try:
         try:
             calls = entries.async_calls  # type: ignore[attr-defined]
-        except AttributeError:  # not made as _pipeline.Handlers: decide per handler
-            calls = None
+        except AttributeError:  # not _pipeline.Handlers: decide per handler, over a tuple
+            calls, entries = None, tuple(entries)  # (whose iterator knows its position)
         if calls is not None:
             running = iter(calls)
             event.running = (entries, running)
