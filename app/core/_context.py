@@ -199,8 +199,7 @@ class Event:
         line = self._line
         if line is not None and line[0] is handler:
             return line[1]
-        keys = self.ids()
-        keys["handler"] = "" if handler is None else handler.label
+        keys = self.log_keys("" if handler is None else handler.label)
         self._line = (handler, keys)
         return keys
 
