@@ -183,10 +183,7 @@ async def test_a_wrapper_may_hand_the_loop_any_sequence(registry, declare_event)
             return len(self.items)
 
     def wrapper(inner):
-        async def around(name, kwargs, event, entries):
-            await inner(name, kwargs, event, Own(entries))
-
-        return around
+        return lambda name, kwargs, event, entries: inner(name, kwargs, event, Own(entries))
 
     undo = _pipeline.wrap_delivery("test", wrapper)
     try:
