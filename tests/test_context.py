@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import threading
+import uuid
 import weakref
 
 import anyio
@@ -389,6 +390,15 @@ def test_event_ids_ignore_random_seed_and_sort_by_time():
     assert first != second
     later = new_event_id(ns + 1_000_000)
     assert sorted([later, first]) == [first, later] or sorted([later, second])[1] == later
+
+
+def test_ids_of_one_millisecond_are_distinct_and_sort_in_the_order_made():
+    """Within one process and millisecond, each id differs and sorts after the one before."""
+    ns = 1_800_000_000_000_000_000
+    ids = [new_event_id(ns) for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert ids == sorted(ids)
+    assert {uuid.UUID(event_id).version for event_id in ids} == {7}
 
 
 def test_a_forked_child_makes_other_ids_than_its_parent():

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import collections.abc
 import re
 from pathlib import Path
 
 import pytest
 
 from app.core import _pipeline, catalogue
-from app.core.events import emit, on
+from app.core.events import current_event, emit, on
 
 ROOT = Path(__file__).resolve().parents[1] / "app"
 CORE = ROOT / "core"
@@ -128,6 +129,79 @@ class _NoTransport:
     """A durable transport that enqueues nowhere."""
 
     async def enqueue(self, jobs):
+        pass
+
+
+def test_wrap_each_makes_a_lists_wrappers_once_and_keeps_a_bounded_number_of_lists():
+    """``wrap_each`` calls ``make`` once per registration of a list it has not seen, returns
+    the same wrappers for the same list, and starts again past ``MADE_LIMIT`` lists."""
+    made = []
+
+    def make(registration):
+        made.append(registration)
+        return _Wrapped(registration)
+
+    wrapped = _pipeline.wrap_each(make)
+    first, second = ["a", "b"], ["a", "b"]
+    assert [w.label for w in wrapped(first)] == ["a", "b"]
+    assert wrapped(first) is wrapped(first)
+    assert wrapped(first).async_calls == tuple(w.call for w in wrapped(first))
+    assert made == ["a", "b"]
+    assert wrapped(second) is not wrapped(first)
+    assert made == ["a", "b", "a", "b"]
+    others = [[n] for n in range(_pipeline.MADE_LIMIT)]
+    for other in others:
+        wrapped(other)
+    made.clear()
+    wrapped(first)
+    assert made == ["a", "b"]
+
+
+@pytest.mark.anyio
+async def test_a_wrapper_may_hand_the_loop_any_sequence(registry, declare_event):
+    """A wrapper passing its own kind of sequence still has each handler named while it runs."""
+    declare_event("order.placed")
+    seen = []
+
+    async def first(**kwargs):
+        seen.append(current_event().handler)
+
+    def second(**kwargs):
+        seen.append(current_event().handler)
+
+    on("order.placed")(first)
+    on("order.placed")(second)
+
+    class Own(collections.abc.Sequence):
+        def __init__(self, items):
+            self.items = list(items)
+
+        def __getitem__(self, index):
+            return self.items[index]
+
+        def __len__(self):
+            return len(self.items)
+
+    def wrapper(inner):
+        return lambda name, kwargs, event, entries: inner(name, kwargs, event, Own(entries))
+
+    undo = _pipeline.wrap_delivery("test", wrapper)
+    try:
+        await emit("order.placed")
+    finally:
+        undo()
+    assert seen == [f"{__name__}.{f.__qualname__}" for f in (first, second)]
+
+
+class _Wrapped:
+    """A handler made by a wrapper, for ``wrap_each``."""
+
+    awaits = True
+
+    def __init__(self, label):
+        self.label = label
+
+    async def call(self, **kwargs):
         pass
 
 

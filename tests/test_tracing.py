@@ -13,7 +13,7 @@ import anyio.lowlevel
 import pytest
 import structlog
 
-from app.core import tracing
+from app.core import _context, tracing
 from app.core.deferred import BackgroundEmitter
 from app.core.events import (
     EventContext,
@@ -291,6 +291,47 @@ async def test_a_handlers_lines_carry_the_event_keys(registry, restore_structlog
         "correlation_id": order_id,
         "handler": label(invoice),
     }
+
+
+@pytest.mark.parametrize("plain_second", [False, True], ids=["all async", "one plain"])
+async def test_each_of_several_handlers_lines_names_that_handler(
+    registry, restore_structlog, plain_second
+):
+    """With several handlers (all async, or one a plain def), each line and each
+    ``current_event()`` names the handler running then, and after the emit the last one."""
+    lines = capturing_structlog(structlog.contextvars.merge_contextvars, add_event_context)
+    log = structlog.get_logger()
+    seen = []
+
+    async def first(**kwargs):
+        log.info("one")
+        log.info("two")
+
+    def second_plain(**kwargs):
+        log.info("three")
+
+    async def second_async(**kwargs):
+        log.info("three")
+
+    second = second_plain if plain_second else second_async
+    events_seen = []
+
+    async def third(**kwargs):
+        seen.append(current_event().handler)
+        events_seen.append(_context.current.get())
+        log.info("four")
+
+    for handler in (first, second, third):
+        on("order.placed")(handler)
+    await emit("order.placed")
+    assert [(line["event"], line["handler"]) for line in lines] == [
+        ("one", label(first)),
+        ("two", label(first)),
+        ("three", label(second)),
+        ("four", label(third)),
+    ]
+    assert seen == [label(third)]
+    assert events_seen[0].handler_label == label(third)
 
 
 async def test_traced_handlers_are_bound_in_structlogs_context_vars(registry):

@@ -38,7 +38,6 @@ __all__ = ["EmitRecord", "Failure", "Feed", "HandlerRun", "Watcher"]
 
 TRACEBACK_LINES: Final = 8
 """How many lines of a failure's traceback the console keeps (its last ones)."""
-_MADE_LIMIT: Final = 1024
 
 _repr = reprlib.Repr()  # keyword arguments only from Python 3.12
 _repr.maxstring = _repr.maxother = 80
@@ -220,17 +219,7 @@ class Feed:
             watcher.put(record)
 
     def _wrap(self, inner: _pipeline.Deliver) -> _pipeline.Deliver:
-        made: dict[int, tuple[Sequence[Any], list[_ObservedHandler]]] = {}
-
-        def observed(entries: Sequence[Any]) -> list[_ObservedHandler]:
-            found = made.get(id(entries))
-            if found is not None and found[0] is entries:
-                return found[1]
-            if len(made) >= _MADE_LIMIT:
-                made.clear()
-            handlers = [_ObservedHandler(entry, self) for entry in entries]
-            made[id(entries)] = (entries, handlers)
-            return handlers
+        observed = _pipeline.wrap_each(lambda entry: _ObservedHandler(entry, self))
 
         async def deliver_observed(
             name: str, kwargs: dict[str, Any], event: Event, entries: Sequence[Any]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
+import operator
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -74,29 +76,63 @@ class EventContext:
 class Event:
     """One emit as the work done for it sees it: name, cause, depth, start, running handler.
 
-    ``handler`` is the registration the emit is running now (set by the delivery loop). The
-    ids are made on first use from the start time, so an event nobody asks about costs no id.
+    The delivery loop sets ``running`` once per delivery: the handlers it runs and the
+    iterator it takes them from (over them, or over a sequence of the same length), so the
+    running handler is the one that iterator gave last and the loop stores nothing per
+    handler. The ids are made on first use from the start time, so an event nobody asks
+    about costs no id.
     """
 
-    __slots__ = ("_caller", "_correlation_id", "_id", "depth", "handler", "name", "ns", "parent")
+    __slots__ = (
+        "_caller",
+        "_correlation_id",
+        "_id",
+        "_line",
+        "depth",
+        "name",
+        "ns",
+        "parent",
+        "running",
+    )
+
+    running: tuple[Sequence[Labelled], Iterator[object]]
+    """The handlers the delivery loop runs, and the iterator it takes them from (a list's or
+    a tuple's, which knows how many items it has left); unset until it starts."""
 
     def __init__(self, name: str, parent: Event | None, depth: int) -> None:
         self.name = name
         self.parent = parent
         self.depth = depth
         self.ns = time.time_ns()
-        self.handler: Labelled | None = None
         # A root event takes its correlation id from its caller's context, read when needed.
         self._caller = contextvars.copy_context() if parent is None else None
+        # Made when first asked for (None, not unset: a missing slot raises, which is slow).
+        self._id: str | None = None
+        self._correlation_id: str | None = None
+        self._line: tuple[Labelled | None, dict[str, Any]] | None = None
+
+    @property
+    def handler(self) -> Labelled | None:
+        """The handler the emit is running now (the last one once it is done), or None
+        before the first one starts."""
+        try:
+            handlers, iterator = self.running
+        except AttributeError:
+            return None
+        index = len(handlers) - operator.length_hint(iterator) - 1
+        return handlers[index] if index >= 0 else None
+
+    @handler.setter
+    def handler(self, handler: Labelled | None) -> None:
+        self.running = ((), iter(())) if handler is None else ((handler,), iter(()))
 
     @property
     def event_id(self) -> str:
         """This emit's id, a UUIDv7 string made from its start time on first use."""
-        try:
-            return self._id
-        except AttributeError:
-            self._id: str = new_event_id(self.ns)
-            return self._id
+        event_id = self._id
+        if event_id is None:
+            event_id = self._id = new_event_id(self.ns)
+        return event_id
 
     @property
     def causation_id(self) -> str | None:
@@ -107,16 +143,15 @@ class Event:
     def correlation_id(self) -> str:
         """The chain's id: the root's caller's (``correlate``, or a bound structlog key), else
         the root event's own id."""
-        try:
-            return self._correlation_id
-        except AttributeError:
+        correlation_id = self._correlation_id
+        if correlation_id is None:
             if self.parent is not None:
                 found: str | None = self.parent.correlation_id
             else:
                 caller, self._caller = self._caller, None
                 found = None if caller is None else _callers_correlation_id(caller)
-            self._correlation_id: str = found or self.event_id
-            return self._correlation_id
+            correlation_id = self._correlation_id = found or self.event_id
+        return correlation_id
 
     @property
     def occurred_at(self) -> datetime:
@@ -126,7 +161,8 @@ class Event:
     @property
     def handler_label(self) -> str:
         """The running handler's ``module.qualname``; empty before the first one starts."""
-        return "" if self.handler is None else self.handler.label
+        handler = self.handler
+        return "" if handler is None else handler.label
 
     def context(self) -> EventContext:
         """This event as ``current_event()`` shows it."""
@@ -154,6 +190,17 @@ class Event:
         """The keys of a log line about ``handler``'s run (the running one by default)."""
         keys = self.ids()
         keys["handler"] = self.handler_label if handler is None else handler
+        return keys
+
+    def line_keys(self) -> Mapping[str, Any]:
+        """The keys of a line logged now, as ``log_keys()``; made once per running handler
+        and shared, so the caller must not change them."""
+        handler = self.handler
+        line = self._line
+        if line is not None and line[0] is handler:
+            return line[1]
+        keys = self.log_keys("" if handler is None else handler.label)
+        self._line = (handler, keys)
         return keys
 
 
@@ -218,20 +265,40 @@ set_correlation_keys(correlation_keys)
 _random: Final = random.Random()  # noqa: S311 - ids must be unique, not secret
 """The registry's own generator, seeded from the OS: ``random.seed()`` does not touch it."""
 
-os.register_at_fork(after_in_child=_random.seed)  # a forked child must not repeat its parent
+_COUNTER_MASK: Final = 0xFFFF_FFFF_FFFF
+_node = ""
+_counter: Iterator[int] = iter(())
+_head: tuple[int, str] = (-1, "")
+
+
+def _draw() -> None:
+    """Draw this process's id bits and counter start; a forked child draws its own."""
+    global _node, _counter, _head
+    _random.seed()
+    _node = f"{_random.getrandbits(12):03x}-{0x8000 | _random.getrandbits(14):04x}-"
+    _counter = itertools.count(_random.getrandbits(48))
+    _head = (-1, "")
+
+
+_draw()
+os.register_at_fork(after_in_child=_draw)  # a forked child must not repeat its parent
 
 
 def new_event_id(ns: int | None = None) -> str:
-    """A new UUIDv7 (RFC 9562) string: 48 bits of Unix milliseconds (``ns``, or now), then
-    74 bits from the registry's own generator; unique across processes, sortable by time.
+    """A new UUIDv7 (RFC 9562) string: 48 bits of Unix milliseconds (``ns``, or now), then 26
+    bits drawn once per process and a 48-bit counter started at a random value (the RFC's
+    fixed-length counter method). Unique across processes (74 bits drawn per process, and
+    the counter never repeats within one), sortable by time, and by order of making within a
+    process and millisecond; the generator is the registry's own, redrawn in a forked child.
 
-    They are not secrets: the generator is fast, not cryptographic.
+    They are not secrets: the bits are fast to draw, not cryptographic.
     """
+    global _head
     milliseconds = (time.time_ns() if ns is None else ns) // 1_000_000
-    value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80 | _random.getrandbits(80)
-    text = (value & ~_VERSION_AND_VARIANT | _V7).to_bytes(16).hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-_VERSION_AND_VARIANT: Final = 0xF << 76 | 0b11 << 62
-_V7: Final = 0x7 << 76 | 0b10 << 62
+    head = _head
+    if head[0] != milliseconds:  # "mmmmmmmm-mmmm-7nnn-8nnn-", made once per millisecond
+        head = _head = (
+            milliseconds,
+            f"{milliseconds >> 16 & 0xFFFF_FFFF:08x}-{milliseconds & 0xFFFF:04x}-7{_node}",
+        )
+    return head[1] + (next(_counter) & _COUNTER_MASK).to_bytes(6).hex()

@@ -7,7 +7,8 @@ Two places take optional behaviour, each installed by a function that returns it
 * **Wrappers of the delivery function** (``wrap_delivery``): tracing, the events console.
   ``deliver`` is the delivery loop wrapped by each installed wrapper, like pluggy's
   ``_inner_hookexec``. A wrapper installed with ``every_emit=True`` also sees the emits whose
-  handlers are all durable, which are otherwise never delivered in-process.
+  handlers are all durable, which are otherwise never delivered in-process. A wrapper that
+  runs each handler its own way makes its handlers once per registration list (``wrap_each``).
 
 A third place takes the **durable transport** (``install_transport``): where ``emit`` hands the
 jobs of durable handlers. Without one, an emit that has durable handlers is refused.
@@ -20,9 +21,9 @@ once per call; installing swaps them atomically under one lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from app.core._context import Event
@@ -32,6 +33,7 @@ __all__ = [
     "Deferral",
     "Deliver",
     "EmitHook",
+    "Handlers",
     "Step",
     "deferral",
     "install_failure_listener",
@@ -40,7 +42,10 @@ __all__ = [
     "install_transport",
     "set_delivery",
     "wrap_delivery",
+    "wrap_each",
 ]
+
+HandlerT = TypeVar("HandlerT", bound="Handler")
 
 
 class Handler(Protocol):
@@ -49,6 +54,18 @@ class Handler(Protocol):
     label: str
     awaits: bool
     call: Callable[..., Any]
+
+
+class Handlers(list[HandlerT]):
+    """Handlers in the order the delivery loop runs them, with ``async_calls`` made once:
+    what the loop awaits, one call per handler, when every handler is awaited (else None,
+    and the loop decides per handler)."""
+
+    __slots__ = ("async_calls",)
+
+    def __init__(self, handlers: Iterable[HandlerT] = ()) -> None:
+        super().__init__(handlers)
+        self.async_calls = tuple(h.call for h in self) if all(h.awaits for h in self) else None
 
 
 Step = Callable[[str, Mapping[str, Any], "Event"], bool]
@@ -161,6 +178,35 @@ def wrap_delivery(
         undo_flag()
 
     return undo
+
+
+def wrap_each(
+    make: Callable[[Any], HandlerT],
+) -> Callable[[Sequence[Any]], Handlers[HandlerT]]:
+    """For a delivery wrapper: a function that maps a registration list to
+    ``Handlers(make(registration) for registration in entries)``, made once per list and then
+    reused (so ``make`` must return handlers: ``label``, ``awaits``, ``call``).
+
+    The registry replaces a name's list when it changes, so a list's identity is its version.
+    At most ``MADE_LIMIT`` lists are kept; past that the cache starts again.
+    """
+    made: dict[int, tuple[Sequence[Any], Handlers[HandlerT]]] = {}
+
+    def wrapped(entries: Sequence[Any]) -> Handlers[HandlerT]:
+        found = made.get(id(entries))
+        if found is not None and found[0] is entries:
+            return found[1]
+        if len(made) >= MADE_LIMIT:
+            made.clear()
+        each = Handlers(make(registration) for registration in entries)
+        made[id(entries)] = (entries, each)  # the list is kept, so its id is not reused
+        return each
+
+    return wrapped
+
+
+MADE_LIMIT: Final = 1024
+"""How many registration lists a ``wrap_each`` function keeps its wrapped handlers for."""
 
 
 def install_failure_listener(listener: FailureListener | None) -> Callable[[], None]:

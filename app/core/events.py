@@ -161,10 +161,11 @@ class Registration:
         return options
 
 
-class Entries(list[Registration]):
+class Entries(_pipeline.Handlers[Registration]):
     """One event's registrations as ``emit`` reads them: the list itself holds the in-process
-    ones, in order (what the delivery loop runs); ``durable`` the durable ones, ``every`` all of
-    them in registration order. Computed once per change, so an emit pays nothing for them."""
+    ones, in order (what the delivery loop runs, with ``async_calls``); ``durable`` the
+    durable ones, ``every`` all of them in registration order. Computed once per change, so
+    an emit pays nothing for them."""
 
     __slots__ = ("durable", "every")
 
@@ -406,7 +407,7 @@ async def emit(name: str, /, **kwargs: Any) -> None:
             return
     deferral = _deferral.get()
     if deferral is None or not deferral.defer(name, kwargs, event):
-        await _pipeline.deliver(name, kwargs, event, _handlers.get(name, ()))
+        await _pipeline.deliver(name, kwargs, event, entries)
 
 
 def admit(name: str, kwargs: dict[str, Any]) -> Event | None:
@@ -490,14 +491,32 @@ async def _enqueue(
 
 
 async def _deliver(
-    name: str, kwargs: dict[str, Any], event: Event, entries: Sequence[Registration]
+    name: str, kwargs: dict[str, Any], event: Event, entries: Sequence[_pipeline.Handler]
 ) -> None:
     """The delivery loop: run each handler in order as work done for ``event``, isolating
-    each one's ``Exception`` (logged once); every other ``BaseException`` propagates."""
+    each one's ``Exception`` (logged once); every other ``BaseException`` propagates.
+
+    The loop tells ``event`` its iterator once (``Event.running``) and stores nothing per
+    handler; when every handler is awaited (``Handlers.async_calls``) it decides nothing per
+    handler either."""
     token = _current.set(event)
     try:
-        for registration in entries:
-            event.handler = registration
+        try:
+            calls = entries.async_calls  # type: ignore[attr-defined]
+        except AttributeError:  # not _pipeline.Handlers: decide per handler, over a tuple
+            calls, entries = None, tuple(entries)  # (whose iterator knows its position)
+        if calls is not None:
+            running = iter(calls)
+            event.running = (entries, running)
+            for call in running:
+                try:
+                    await call(**kwargs)
+                except Exception as exc:
+                    _log_failure(event, event.handler_label, exc)
+            return
+        handlers = iter(entries)
+        event.running = (entries, handlers)
+        for registration in handlers:
             try:  # run_handler's body, inlined: a coroutine per handler would double its cost
                 if registration.awaits:
                     await registration.call(**kwargs)
@@ -529,7 +548,7 @@ async def run_handler(registration: _pipeline.Handler, kwargs: dict[str, Any]) -
 async def deliver_later(name: str, kwargs: dict[str, Any], event: Event) -> None:
     """Deliver an event ``emit`` already checked and queued (a deferral scope, a background
     emitter) to the handlers registered now, through the same path as ``emit``."""
-    await _pipeline.deliver(name, kwargs, event, _handlers.get(name, ()))
+    await _pipeline.deliver(name, kwargs, event, _handlers.get(name, _NO_ENTRIES))
 
 
 def current_event() -> EventContext | None:

@@ -28,8 +28,12 @@ def add_event_context(logger: WrappedLogger, method_name: str, event_dict: Event
     event = _context.current.get()
     if event is None:
         return event_dict
-    for key, value in event.log_keys().items():
-        event_dict.setdefault(key, value)
+    keys = event.line_keys()
+    if keys.keys().isdisjoint(event_dict):
+        event_dict.update(keys)
+    else:
+        for key, value in keys.items():
+            event_dict.setdefault(key, value)
     return event_dict
 
 

@@ -173,18 +173,8 @@ def _traced_delivery(settings: TracingSettings) -> Callable[[_pipeline.Deliver],
     """The wrapper of the delivery loop for ``settings``: each handler runs as a traced
     handler, and the emit in its span. The traced handlers of a registration list are made
     once per list (the registry replaces a name's list when it changes)."""
-    made: dict[int, tuple[Sequence[Any], list[_TracedHandler]]] = {}
     spans = settings.spans
-
-    def traced(entries: Sequence[Any]) -> list[_TracedHandler]:
-        found = made.get(id(entries))
-        if found is not None and found[0] is entries:
-            return found[1]
-        if len(made) >= _MADE_LIMIT:
-            made.clear()
-        handlers = [_TracedHandler(registration, settings) for registration in entries]
-        made[id(entries)] = (entries, handlers)
-        return handlers
+    traced = _pipeline.wrap_each(lambda registration: _TracedHandler(registration, settings))
 
     def wrap(inner: _pipeline.Deliver) -> _pipeline.Deliver:
         async def deliver_traced(
@@ -199,10 +189,6 @@ def _traced_delivery(settings: TracingSettings) -> Callable[[_pipeline.Deliver],
         return deliver_traced
 
     return wrap
-
-
-_MADE_LIMIT: Final = 1024
-"""How many registration lists traced delivery keeps its traced handlers for."""
 
 
 class _TracedHandler:
