@@ -152,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
         "make one and log the client's as client_request_id (default: %(default)s, or "
         "APP_TRUST_REQUEST_ID=1)",
     )
+    serve.add_argument(
+        "--worker-concurrency",
+        type=_positive,
+        default=_env("APP_WORKER_CONCURRENCY", _positive, 4),
+        metavar="N",
+        help="jobs the embedded durable worker runs at once; APP_WORKER=off runs none here "
+        "(default: %(default)s, or APP_WORKER_CONCURRENCY)",
+    )
     worker = commands.add_parser(
         "worker",
         help="run durable handlers from the database's queue until stopped",
@@ -163,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--concurrency",
-        type=int,
+        type=_positive,
         default=4,
         help="jobs run at once (default: %(default)s)",
     )
@@ -223,6 +231,13 @@ def _env(name: str, parse: Callable[[str], _T], default: _T) -> _T:
     return parse(value) if value else default
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
 def _yes(value: str) -> bool:
     return value.lower() not in ("0", "false", "no", "off")
 
@@ -238,6 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_size=args.max_body_size,
         body_timeout=args.body_timeout,
         statement_timeout=args.statement_timeout,
+        worker_concurrency=args.worker_concurrency,
     )
     server.run(
         app,

@@ -5,7 +5,7 @@ alternate in ``--rounds`` rounds, so that a busy moment of a shared machine hits
 - emit inside a transaction with 1 and with 10 durable handlers: the latency emit adds (one
   round trip), median and p99, against the same emit with no handler;
 - one worker's delivery throughput with a trivial handler (each run claims its inbox row and
-  commits), at concurrency 1 and 4, on the app a worker gets (``durable.worker_app``);
+  commits), at concurrency 1, 4 and 8, on the app a worker gets (``durable.worker_app``);
 - commit-to-handler-start latency, from just before the COMMIT is sent, with the worker
   waiting (LISTEN/NOTIFY), median and p99.
 
@@ -127,10 +127,10 @@ async def main(events_count: int, rounds: int) -> None:
 
         server = embedded.start(folder / ".app-postgres")
     emits: dict[int, list[float]] = {0: [], 1: [], 10: []}
-    rates: dict[int, list[float]] = {1: [], 4: []}
+    rates: dict[int, list[float]] = {1: [], 4: [], 8: []}
     try:
         await db.open_database(server.url if server else None)
-        async with durable.running(), durable.worker_app(concurrency=4) as worker:
+        async with durable.running(), durable.worker_app(concurrency=8) as worker:
             for _ in range(rounds):  # alternating, so that a busy moment hits every case
                 for handlers, took in emits.items():
                     took += await emit_latency(handlers, 40)

@@ -117,3 +117,18 @@ def test_an_unknown_action_lists_the_choices():
         "invalid choice: 'chek' (choose from 'show', 'check', 'write', 'jobs', 'dead', 'retry')"
         in result.stderr
     )
+
+
+def test_a_worker_concurrency_below_one_is_refused():
+    """``serve --worker-concurrency`` and ``worker --concurrency`` take 1 or more."""
+    for args in (("serve", "--worker-concurrency", "0"), ("worker", "--concurrency", "-2")):
+        result = run_app(*args)
+        assert result.returncode == 2, result
+        assert "must be 1 or more" in result.stderr
+
+
+def test_the_embedded_workers_concurrency_is_documented_with_its_variable():
+    result = run_app("serve", "--help", env={"APP_WORKER_CONCURRENCY": "6"})
+    assert result.returncode == 0
+    assert "--worker-concurrency N" in result.stdout
+    assert "default: 6, or APP_WORKER_CONCURRENCY" in " ".join(result.stdout.split())

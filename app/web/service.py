@@ -7,9 +7,9 @@ opens the database (``APP_DATABASE_URL``, or by default the embedded PostgreSQL 
 event, chain and handler; the chain's correlation id is the request id) and owns the
 ``BackgroundEmitter`` that delivers each successful request's events after its response. It
 also gives the process durable delivery (``app.durable.running``: procrastinate's tables, the
-transport, and one embedded worker unless ``APP_WORKER=off``), and keeps its procrastinate app
-in ``app.state.durable_queue``. With ``APP_CONSOLE_TOKEN`` set it mounts the events console
-(``app.console``) at ``/events``.
+transport, and one embedded worker running ``worker_concurrency`` jobs at once unless
+``APP_WORKER=off``), and keeps its procrastinate app in ``app.state.durable_queue``. With
+``APP_CONSOLE_TOKEN`` set it mounts the events console (``app.console``) at ``/events``.
 
 Each route commits its unit of work before it returns, so a 2xx is only sent for work that
 is committed (its durable jobs included), and a commit that fails is a 500 that delivers
@@ -55,6 +55,7 @@ from app.web.middleware import (
 
 __all__ = [
     "DEFAULT_STATEMENT_TIMEOUT",
+    "DEFAULT_WORKER_CONCURRENCY",
     "INT4_MAX",
     "SLOW_HANDLER_AFTER",
     "Shutdown",
@@ -66,6 +67,7 @@ log = structlog.get_logger(__name__)
 SLOW_HANDLER_AFTER: Final = 1.0
 """Seconds after which the service logs a handler run as slow, by default."""
 DEFAULT_STATEMENT_TIMEOUT: Final = 5.0
+DEFAULT_WORKER_CONCURRENCY: Final = 4
 """Seconds a statement may run, or wait for a lock, on the service's sessions, by default."""
 INT4_MAX: Final = 2**31 - 1
 """The largest value of the 32-bit integer columns (ids, actors): the API accepts no more."""
@@ -269,6 +271,7 @@ def create_app(
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY,
 ) -> FastAPI:
     """Build the service.
 
@@ -285,6 +288,8 @@ def create_app(
         statement_timeout: Seconds a statement may run, and may wait for a lock, on the
             service's sessions (the handlers' included), so a blocked database cannot hold
             shutdown past its grace period.
+        worker_concurrency: Durable jobs the embedded worker runs at once (it runs unless
+            ``APP_WORKER=off``).
     """
     shutdown = Shutdown(grace_period)
 
@@ -296,7 +301,10 @@ def create_app(
         tracing_before = configure_tracing(slow_after=slow_handler_after)
         try:
             async with (
-                durable.running(worker=os.environ.get("APP_WORKER", "on") != "off") as queue,
+                durable.running(
+                    worker=os.environ.get("APP_WORKER", "on") != "off",
+                    concurrency=worker_concurrency,
+                ) as queue,
                 BackgroundEmitter(grace_period=grace_period) as emitter,
             ):
                 app.state.emitter = emitter
