@@ -30,6 +30,9 @@ from app.core.scan import check, scan
 __all__ = ["main"]
 
 _SOURCE = Path(app.__file__).resolve().parent
+WORKER_CONCURRENCY = 4
+"""Jobs a worker runs at once by default, ``worker``'s and ``serve``'s embedded one alike
+(``app.web.service.DEFAULT_WORKER_CONCURRENCY`` is the same for ``create_app``)."""
 
 _DESCRIPTION = """\
 The reference HR service around an in-process event registry, its demo scenario, and the
@@ -154,8 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--worker-concurrency",
-        type=_positive,
-        default=_env("APP_WORKER_CONCURRENCY", _positive, 4),
+        type=_positive,  # applied to the default too: a bad variable is a usage error
+        default=os.environ.get("APP_WORKER_CONCURRENCY") or str(WORKER_CONCURRENCY),
         metavar="N",
         help="jobs the embedded durable worker runs at once; APP_WORKER=off runs none here "
         "(default: %(default)s, or APP_WORKER_CONCURRENCY)",
@@ -172,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency",
         type=_positive,
-        default=4,
+        default=WORKER_CONCURRENCY,
         help="jobs run at once (default: %(default)s)",
     )
     commands.add_parser(
@@ -232,7 +235,10 @@ def _env(name: str, parse: Callable[[str], _T], default: _T) -> _T:
 
 
 def _positive(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
     return number

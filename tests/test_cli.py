@@ -128,7 +128,17 @@ def test_a_worker_concurrency_below_one_is_refused():
 
 
 def test_the_embedded_workers_concurrency_is_documented_with_its_variable():
+    """``serve --help`` shows ``APP_WORKER_CONCURRENCY`` as the default it takes."""
     result = run_app("serve", "--help", env={"APP_WORKER_CONCURRENCY": "6"})
     assert result.returncode == 0
     assert "--worker-concurrency N" in result.stdout
     assert "default: 6, or APP_WORKER_CONCURRENCY" in " ".join(result.stdout.split())
+
+
+def test_a_bad_worker_concurrency_variable_is_a_usage_error_of_serve_only():
+    """``APP_WORKER_CONCURRENCY=0`` makes ``serve`` exit 2 naming the option; other commands
+    do not read it."""
+    refused = run_app("serve", env={"APP_WORKER_CONCURRENCY": "0"})
+    assert refused.returncode == 2, refused
+    assert "--worker-concurrency: must be 1 or more, not 0" in refused.stderr
+    assert run_app("events", "show", env={"APP_WORKER_CONCURRENCY": "0"}).returncode == 0

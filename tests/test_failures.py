@@ -56,6 +56,31 @@ async def test_a_failing_handler_is_logged_once_and_the_next_runs(registry, logs
     }
 
 
+async def test_each_failure_names_its_own_handler_wherever_it_runs(registry, logs):
+    """Among five async handlers, the second and the fourth fail: each record names its own
+    handler, and ``current_event().handler`` inside every one names it too."""
+    from app.core.events import current_event
+
+    seen = []
+
+    def make(index, fails):
+        async def handler(**kwargs):
+            seen.append(current_event().handler)
+            if fails:
+                raise ValueError(index)
+
+        handler.__qualname__ = f"handler_{index}"
+        return handler
+
+    handlers = [make(index, index in (1, 3)) for index in range(5)]
+    for handler in handlers:
+        on("employee.created")(handler)
+    await emit("employee.created", employee_id=1)
+
+    assert seen == [label(handler) for handler in handlers]
+    assert [record["handler"] for record in logs] == [label(handlers[1]), label(handlers[3])]
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -67,8 +67,9 @@ log = structlog.get_logger(__name__)
 SLOW_HANDLER_AFTER: Final = 1.0
 """Seconds after which the service logs a handler run as slow, by default."""
 DEFAULT_STATEMENT_TIMEOUT: Final = 5.0
-DEFAULT_WORKER_CONCURRENCY: Final = 4
 """Seconds a statement may run, or wait for a lock, on the service's sessions, by default."""
+DEFAULT_WORKER_CONCURRENCY: Final = 4
+"""Durable jobs the embedded worker runs at once, by default."""
 INT4_MAX: Final = 2**31 - 1
 """The largest value of the 32-bit integer columns (ids, actors): the API accepts no more."""
 
@@ -290,7 +291,12 @@ def create_app(
             shutdown past its grace period.
         worker_concurrency: Durable jobs the embedded worker runs at once (it runs unless
             ``APP_WORKER=off``).
+
+    Raises:
+        ValueError: ``worker_concurrency`` is less than 1.
     """
+    if worker_concurrency < 1:
+        raise ValueError(f"worker_concurrency must be 1 or more, not {worker_concurrency}")
     shutdown = Shutdown(grace_period)
 
     @asynccontextmanager
