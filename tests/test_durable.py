@@ -655,3 +655,19 @@ async def test_a_worker_that_loses_its_sentinel_connection_starts_again_under_a_
         "as in every crash or restart of the server, which may have forgotten the worker's "
         "last commits <- "
     )
+
+
+async def test_a_runs_asynchronous_commit_ends_with_its_transaction(queue, database_url):
+    """The inbox claim turns ``synchronous_commit`` off for its own transaction only: the
+    connection it ran on, which the pool gives to web requests too, commits synchronously
+    again afterwards (a 2xx still means committed)."""
+    from app.durable.queue import _CLAIM
+
+    libpq = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(libpq) as connection:
+        connection.execute("SET synchronous_commit = on")  # the test server's default is off
+        connection.commit()
+        with connection.transaction():
+            connection.execute(_CLAIM, {"event_id": "01a2", "handler_id": "test.claim"})
+            assert connection.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        assert connection.execute("SHOW synchronous_commit").fetchone() == ("on",)
