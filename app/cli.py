@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import anyio
 
@@ -30,7 +30,7 @@ from app.core.scan import check, scan
 __all__ = ["main"]
 
 _SOURCE = Path(app.__file__).resolve().parent
-WORKER_CONCURRENCY = 4
+_WORKER_CONCURRENCY: Final = 4
 """Jobs a worker runs at once by default, ``worker``'s and ``serve``'s embedded one alike
 (``app.web.service.DEFAULT_WORKER_CONCURRENCY`` is the same for ``create_app``)."""
 
@@ -158,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--worker-concurrency",
         type=_positive,  # applied to the default too: a bad variable is a usage error
-        default=os.environ.get("APP_WORKER_CONCURRENCY") or str(WORKER_CONCURRENCY),
+        default=os.environ.get("APP_WORKER_CONCURRENCY") or str(_WORKER_CONCURRENCY),
         metavar="N",
         help="jobs the embedded durable worker runs at once; APP_WORKER=off runs none here "
         "(default: %(default)s, or APP_WORKER_CONCURRENCY)",
@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency",
         type=_positive,
-        default=WORKER_CONCURRENCY,
+        default=_WORKER_CONCURRENCY,
         help="jobs run at once (default: %(default)s)",
     )
     commands.add_parser(
