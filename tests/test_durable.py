@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,9 +19,9 @@ import procrastinate.sql
 import procrastinate.types
 import psycopg
 import pytest
+from conftest import libpq
 from durable_helpers import HANDLER_ID, Mark, register
 from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
 
 from app import db, durable
 from app.business import audit, notify
@@ -551,10 +551,9 @@ async def test_the_jobs_of_a_lost_worker_are_requeued_or_dead_at_their_last_atte
 async def cut_a_worker_mid_query(url: str) -> None:
     """Make the worker's next fetch wait on a lock of procrastinate's job table, then terminate
     every other connection to the test database: the fetch fails with its connection."""
-    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     async with (
-        await psycopg.AsyncConnection.connect(libpq) as locker,
-        await psycopg.AsyncConnection.connect(libpq, autocommit=True) as watcher,
+        await psycopg.AsyncConnection.connect(libpq(url)) as locker,
+        await psycopg.AsyncConnection.connect(libpq(url), autocommit=True) as watcher,
     ):
         await locker.execute("LOCK TABLE procrastinate_jobs IN ACCESS EXCLUSIVE MODE")
 
@@ -575,19 +574,26 @@ async def cut_a_worker_mid_query(url: str) -> None:
         await locker.rollback()
 
 
+@asynccontextmanager
+async def embedded_worker(database_url: str) -> AsyncIterator[None]:
+    """The test database open, with durable delivery and an embedded worker, as ``serve``."""
+    await db.open_database(database_url)
+    try:
+        async with durable.running(worker=True):
+            yield
+    finally:
+        await db.close_database()
+
+
 async def test_the_embedded_worker_restarts_after_losing_its_connection(database_url, runs, logs):
     """A worker whose connection drops mid-query logs the failure once and starts again after
     a pause: a job enqueued afterwards is delivered."""
     register()
-    await db.open_database(database_url)
-    try:
-        async with durable.running(worker=True):
-            await cut_a_worker_mid_query(database_url)
-            [employee_id] = await create()
-            await eventually(lambda: _count_marks(1), within=20)
-            assert [employee for employee, _, _ in await marks()] == [employee_id]
-    finally:
-        await db.close_database()
+    async with embedded_worker(database_url):
+        await cut_a_worker_mid_query(database_url)
+        [employee_id] = await create()
+        await eventually(lambda: _count_marks(1), within=20)
+        assert [employee for employee, _, _ in await marks()] == [employee_id]
     [failure] = [record for record in logs if record["event"] == "durable worker failed"]
     assert sorted(failure) == ["error", "event", "exc_info", "log_level", "restart_in"]
     assert (failure["log_level"], failure["restart_in"]) == ("error", 1.0)
@@ -624,31 +630,27 @@ async def test_a_worker_that_loses_its_sentinel_connection_starts_again_under_a_
     again under a new worker id (the old id's running jobs are then re-queued as a lost
     worker's) and delivers as before."""
     register()
-    await db.open_database(database_url)
-    try:
-        async with durable.running(worker=True):
-            await eventually(lambda: _workers(1), within=10)
-            first = await scalar("SELECT min(id) FROM procrastinate_workers")
-            sentinel = {"name": durable.queue.SENTINEL}
-            where = " FROM pg_stat_activity WHERE application_name = :name"
+    async with embedded_worker(database_url):
+        await eventually(lambda: _workers(1), within=10)
+        first = await scalar("SELECT min(id) FROM procrastinate_workers")
+        sentinel = {"name": durable.queue.SENTINEL}
+        where = " FROM pg_stat_activity WHERE application_name = :name"
 
-            async def watching() -> bool:
-                async with db.transaction() as session:
-                    return bool(await session.scalar(text("SELECT count(*)" + where), sentinel))
-
-            await eventually(watching, within=10)
+        async def watching() -> bool:
             async with db.transaction() as session:
-                await session.execute(text("SELECT pg_terminate_backend(pid)" + where), sentinel)
+                return bool(await session.scalar(text("SELECT count(*)" + where), sentinel))
 
-            async def replaced() -> bool:
-                return await scalar("SELECT min(id) FROM procrastinate_workers") > first
+        await eventually(watching, within=10)
+        async with db.transaction() as session:
+            await session.execute(text("SELECT pg_terminate_backend(pid)" + where), sentinel)
 
-            await eventually(replaced, within=10)
-            [employee_id] = await create()
-            await eventually(lambda: _count_marks(1), within=10)
-            assert [employee for employee, _, _ in await marks()] == [employee_id]
-    finally:
-        await db.close_database()
+        async def replaced() -> bool:
+            return await scalar("SELECT min(id) FROM procrastinate_workers") > first
+
+        await eventually(replaced, within=10)
+        [employee_id] = await create()
+        await eventually(lambda: _count_marks(1), within=10)
+        assert [employee for employee, _, _ in await marks()] == [employee_id]
     [failure] = [record for record in logs if record["event"] == "durable worker failed"]
     assert failure["error"].startswith(
         "DatabaseRestartedError: the worker's sentinel connection to the database was lost, "
@@ -663,8 +665,7 @@ async def test_a_runs_asynchronous_commit_ends_with_its_transaction(queue, datab
     again afterwards (a 2xx still means committed)."""
     from app.durable.queue import _CLAIM
 
-    libpq = make_url(database_url).set(drivername="postgresql").render_as_string(False)
-    with psycopg.connect(libpq) as connection:
+    with psycopg.connect(libpq(database_url)) as connection:
         connection.execute("SET synchronous_commit = on")  # the test server's default is off
         connection.commit()
         with connection.transaction():
