@@ -21,13 +21,13 @@ import psycopg
 import pytest
 from conftest import libpq
 from durable_helpers import HANDLER_ID, Mark, register
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from app import db, durable
 from app.business import audit, notify
 from app.business.hr import create_employee
 from app.core.durable import DurableDeliveryError, DurableJob
-from app.core.events import emit, on
+from app.core.events import current_event, emit, on
 from app.durable import admin
 
 pytestmark = pytest.mark.anyio
@@ -266,6 +266,52 @@ async def test_a_job_run_again_after_its_commit_skips_the_handler(queue, runs):
     assert [m[:2] for m in await marks()] == [(employee_id, event_id)]
     async with db.transaction() as session:
         assert len(await notify.list_outbox(session)) == 1
+
+
+async def test_a_durable_handler_s_transactions_are_savepoints_of_its_run(queue, monkeypatch):
+    """In a run, each ``transaction()`` block is a savepoint of the run's transaction: a block
+    that raises is rolled back alone, a nested block shares its session (and sees its pending
+    rows), and an emit outside any block enqueues its jobs in the run's transaction: all of it
+    committed with the inbox row, or rolled back with it when the handler fails."""
+    monkeypatch.setenv("APP_DURABLE_BACKOFF", "0")
+    runs: list[int] = []
+
+    async def handler(*, employee_id: int, **_: object) -> None:
+        runs.append(employee_id)
+        event = current_event()
+        assert event is not None
+        async with db.transaction() as session:
+            session.add(Mark(employee_id=1, event_id=event.event_id, pid=len(runs)))
+        with pytest.raises(ValueError, match="rolled back"):  # noqa: PT012 - the whole block
+            async with db.transaction() as session:
+                session.add(Mark(employee_id=2, event_id=event.event_id, pid=len(runs)))
+                await session.flush()
+                raise ValueError("rolled back")
+        async with db.transaction() as outer:
+            outer.add(Mark(employee_id=3, event_id=event.event_id, pid=len(runs)))
+            async with db.transaction() as inner:
+                assert inner is outer
+                assert await inner.scalar(select(func.count()).where(Mark.employee_id == 3)) == 1
+        await emit(
+            "employee.status_changed",
+            employee_id=employee_id,
+            from_state="hired",
+            to_state="active",
+            actor_id=1,
+        )
+        if len(runs) == 1:
+            raise ConnectionError("the first run fails after all of it")
+
+    on("employee.created", durable=True, id="tests.savepoints", max_attempts=2)(handler)
+    [employee_id] = await create()
+    await durable.work(queue, wait=False)
+    assert runs == [employee_id, employee_id]
+    assert [(m[0], m[2]) for m in await marks()] == [(1, 2), (3, 2)]
+    assert await scalar("SELECT count(*) FROM durable_inbox") == 3  # mail, savepoints, audit
+    async with db.transaction() as session:
+        assert [
+            (entry.employee_id, entry.to_state) for entry in await audit.list_audit(session)
+        ] == [(employee_id, "active")]
 
 
 async def test_a_worker_process_runs_the_jobs_of_another_process(queue, runs, tmp_path):

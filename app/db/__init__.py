@@ -6,11 +6,11 @@ Business packages define their tables on ``Base``. Work that emits events runs i
 a writing handler wait for that transaction's row locks, which it holds until it commits.)
 The entry point opens the database once (``open_database``) and closes it at shutdown.
 
-The session of the transaction open in this context is ``current_session()``: the durable
-transport enqueues jobs on its connection, so they commit or roll back with the business data.
-A worker running a durable handler opens the handler's transaction itself and ``join``s it:
-``transaction()`` inside the handler is then a savepoint of that transaction, whose commit also
-records the job in the inbox.
+The connection of the transaction open in this context is ``current_connection()``: the
+durable transport enqueues jobs on it, so they commit or roll back with the business data. A
+worker runs a durable handler in ``handler_unit_of_work()``, a transaction on one connection
+with no session until the handler asks for one: ``transaction()`` inside is then a savepoint of
+that transaction, whose commit also records the job in the inbox.
 
 The database is ``APP_DATABASE_URL`` or, when that is unset, the embedded server whose data
 lives in ``./.app-postgres/`` (``app.db.embedded``): the first process to open it starts it,
@@ -20,8 +20,8 @@ others in the same folder join it, and the last to close it stops it.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final
 
@@ -31,6 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -39,6 +40,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 
 from app.core.deferred import deferred_events
+from app.db.liveness import check_on_checkout
 
 if TYPE_CHECKING:
     from app.db.embedded import EmbeddedServer
@@ -48,9 +50,10 @@ __all__ = [
     "DatabaseNotOpenError",
     "close_database",
     "conninfo",
+    "current_connection",
     "current_session",
     "database_url",
-    "join",
+    "handler_unit_of_work",
     "open_database",
     "transaction",
     "unit_of_work",
@@ -75,8 +78,9 @@ _server: EmbeddedServer | None = None
 _session: ContextVar[AsyncSession | None] = ContextVar("app.db.session", default=None)
 """The session of the innermost transaction open in this context."""
 
-_joined: ContextVar[AsyncSession | None] = ContextVar("app.db.joined", default=None)
-"""A transaction that ``transaction()`` joins (as a savepoint) instead of opening its own."""
+_joined: ContextVar[AsyncConnection | None] = ContextVar("app.db.joined", default=None)
+"""The connection of a ``handler_unit_of_work()``, whose transaction ``transaction()`` joins
+(as a savepoint) instead of opening its own."""
 
 
 def database_url() -> str | None:
@@ -117,10 +121,10 @@ async def open_database(url: str | None = None, *, statement_timeout: float | No
     try:
         engine = create_async_engine(
             _postgresql(url),
-            pool_pre_ping=True,
             hide_parameters=True,
             connect_args=_timeouts(statement_timeout),
         )
+        check_on_checkout(engine)  # instead of pool_pre_ping's round trip at every checkout
         async with engine.begin() as connection:
             await connection.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
             await connection.run_sync(Base.metadata.create_all)
@@ -199,33 +203,55 @@ def current_session() -> AsyncSession | None:
     return session if session is not None and session.in_transaction() else None
 
 
-@contextmanager
-def join(session: AsyncSession) -> Iterator[None]:
-    """Make ``transaction()`` in this block a savepoint of ``session``'s transaction, whose
-    owner commits it (a worker running a durable handler does)."""
-    token = _joined.set(session)
-    try:
-        yield
-    finally:
-        _joined.reset(token)
+async def current_connection() -> AsyncConnection | None:
+    """The connection of the transaction open in this context (``transaction()``,
+    ``unit_of_work()``, ``handler_unit_of_work()``), or None when none is open."""
+    session = current_session()
+    if session is not None:
+        return await session.connection()
+    return _joined.get()
+
+
+@asynccontextmanager
+async def handler_unit_of_work() -> AsyncIterator[AsyncConnection]:
+    """A unit of work on one pooled connection, with no session of its own: a worker runs a
+    durable handler in it, and commits the job's inbox row with whatever the handler wrote.
+
+    ``transaction()`` inside opens a session on this connection, as a savepoint: released
+    when its block ends, rolled back if it raises, committed with the rest. A handler that
+    writes nothing costs no session. Events emitted inside wait for the commit, as in
+    ``unit_of_work()``. Committed when the block ends, rolled back if it raises.
+
+    Raises:
+        DatabaseNotOpenError: the database is not open.
+    """
+    if _engine is None:
+        raise DatabaseNotOpenError("the database is not open; call app.db.open_database() first")
+    async with deferred_events(), _engine.begin() as connection:
+        token = _joined.set(connection)
+        try:
+            yield connection
+        finally:
+            _joined.reset(token)
 
 
 @asynccontextmanager
 async def transaction() -> AsyncIterator[AsyncSession]:
     """A session in its own transaction: committed when the block ends, rolled back if it raises.
 
-    Inside a durable handler (see ``join``) it is a savepoint of the handler's transaction:
-    released when the block ends, rolled back if it raises, committed with the job's inbox row.
+    Inside a durable handler (``handler_unit_of_work()``) it is a savepoint of the handler's
+    transaction: released when the block ends, rolled back if it raises, committed with the
+    job's inbox row. Blocks nested in it are savepoints of its session.
 
     Raises:
         DatabaseNotOpenError: the database is not open.
     """
     joined = _joined.get()
     if joined is not None:
-        async with joined.begin_nested():
-            token = _session.set(joined)
+        async with _savepoint(joined) as session:
+            token = _session.set(session)
             try:
-                yield joined
+                yield session
             finally:
                 _session.reset(token)
         return
@@ -237,6 +263,25 @@ async def transaction() -> AsyncIterator[AsyncSession]:
             yield session
         finally:
             _session.reset(token)
+
+
+@asynccontextmanager
+async def _savepoint(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
+    """A savepoint of ``connection``'s transaction, in the session of the enclosing
+    ``transaction()`` block on it if there is one (which sees its pending objects), else in a
+    new session on it."""
+    session = _session.get()
+    if session is not None and session.bind is connection:
+        async with session.begin_nested():
+            yield session
+        return
+    async with (
+        AsyncSession(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        ) as session,
+        session.begin(),
+    ):
+        yield session
 
 
 @asynccontextmanager

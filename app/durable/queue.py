@@ -3,12 +3,13 @@
 Every durable job is one procrastinate job of the task ``TASK_NAME`` whose only argument is
 the ``DurableJob`` as JSON. procrastinate's queue is a table of the application's database, so
 the transport writes the jobs on the connection of the caller's open transaction
-(``app.db.current_session()``), all of one emit in one statement: they commit or roll back with
+(``app.db.current_connection()``), all of one emit in one statement: they commit or roll back with
 the business data. Its worker is asyncio-only, so durable delivery is asyncio-only.
 
-A run opens a unit of work, claims the inbox row ``(event_id, handler_id)`` (a run that finds
-it already committed skips the handler), joins the handler to that transaction
-(``app.db.join``) and commits both together. A failure rolls both back, is recorded
+A run opens a unit of work on one connection (``app.db.handler_unit_of_work``), claims the
+inbox row ``(event_id, handler_id)`` in it (a run that finds it already committed skips the
+handler), runs the handler in it (its ``transaction()`` blocks are savepoints, its session made
+only if it asks for one) and commits both together. A failure rolls both back, is recorded
 (``FailedRun``: error, traceback summary, attempt count) and is retried with exponential
 backoff until ``max_attempts`` runs; then the job stays ``failed``: a dead letter.
 
@@ -57,12 +58,13 @@ from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from procrastinate.schema import SchemaManager
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import db
 from app.core.catalogue import declared
 from app.core.durable import DurableDeliveryError, DurableJob, install_transport, run_job
 from app.core.events import registrations
+from app.db.liveness import needs_check
 from app.durable.store import FailedRun, InboxEntry
 
 __all__ = [
@@ -129,7 +131,7 @@ SELECT procrastinate_defer_jobs_v1(ARRAY(
 """procrastinate's ``defer_jobs`` query (``procrastinate.sql.queries``) with its array of
 ``procrastinate_job_to_defer_v1`` built by the server from one JSON array: psycopg quotes an
 array of composites in Python, a regular expression per character of each job's JSON, which
-was a third of a 10-handler emit. ``tests/test_durable_enqueue.py`` pins procrastinate's
+was a third of a 10-handler emit. ``tests/test_durable.py`` pins procrastinate's
 query and type, so an upgrade that changes them fails there rather than here."""
 
 
@@ -150,8 +152,8 @@ class ProcrastinateTransport:
         Raises:
             DurableDeliveryError: no transaction is open in this context.
         """
-        session = db.current_session()
-        if session is None:
+        connection = await db.current_connection()
+        if connection is None:
             name = jobs[0].event_name
             raise DurableDeliveryError(
                 f"cannot emit {name!r} outside a unit of work: its durable handlers "
@@ -159,15 +161,13 @@ class ProcrastinateTransport:
                 "emitter's transaction. Emit inside `async with app.db.unit_of_work():`.",
                 event_name=name,
             )
-        raw = await _driver_connection(session)
+        raw = await _driver_connection(connection)
         arguments = {**self._fixed, "jobs": json.dumps([job.to_json() for job in jobs])}
         await raw.execute(_DEFER_JOBS, arguments, prepare=True)
 
 
-async def _driver_connection(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
-    """The psycopg connection of ``session``'s transaction, for statements SQLAlchemy need not
-    build."""
-    connection = await session.connection()
+async def _driver_connection(connection: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under ``connection``, for statements SQLAlchemy need not build."""
     raw: Any = (await connection.get_raw_connection()).driver_connection
     return cast("psycopg.AsyncConnection[Any]", raw)
 
@@ -192,9 +192,6 @@ def make_app(conninfo: str, *, concurrency: int = 1, worker: bool = False) -> pr
     return app
 
 
-CHECK_IDLE_AFTER: Final = 1.0
-"""Seconds a pooled connection may sit idle before it is checked (one round trip) when taken."""
-
 _returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
     weakref.WeakKeyDictionary()
 )
@@ -202,17 +199,17 @@ _returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
 
 
 def _pool(**options: Any) -> psycopg_pool.AsyncConnectionPool[Any]:
-    """procrastinate's pool, except that a connection is checked only if it has been idle for
-    ``CHECK_IDLE_AFTER`` seconds: procrastinate checks it every time it is taken, a round trip
-    before each of a worker's queries. One dropped in between fails its query, and the worker
-    starts again (see ``work``)."""
+    """procrastinate's pool, except that a connection is checked (a round trip) only when
+    ``app.db.liveness.needs_check`` says so: procrastinate checks it every time it is taken, a
+    round trip before each of a worker's queries. One dropped unseen fails its query, and the
+    worker starts again (see ``work``)."""
     return psycopg_pool.AsyncConnectionPool(
-        **{**options, "check": _check_if_idle, "reset": _note_returned}
+        **{**options, "check": _check_if_needed, "reset": _note_returned}
     )
 
 
-async def _check_if_idle(connection: psycopg.AsyncConnection[Any]) -> None:
-    if time.monotonic() - _returned.get(connection, 0.0) > CHECK_IDLE_AFTER:
+async def _check_if_needed(connection: psycopg.AsyncConnection[Any]) -> None:
+    if needs_check(_returned.get(connection), connection):
         await psycopg_pool.AsyncConnectionPool.check_connection(connection)
 
 
@@ -260,8 +257,8 @@ with the transaction's BEGIN: one round trip, no SQLAlchemy statement to build p
 
 
 async def _run_once(job: DurableJob) -> None:
-    async with db.unit_of_work() as session:
-        raw = await _driver_connection(session)
+    async with db.handler_unit_of_work() as connection:
+        raw = await _driver_connection(connection)
         arguments = {"event_id": job.event_id, "handler_id": job.handler_id}
         async with raw.pipeline():
             claim = await raw.execute(_CLAIM, arguments, prepare=True)
@@ -273,8 +270,7 @@ async def _run_once(job: DurableJob) -> None:
                 handler_id=job.handler_id,
             )
             return
-        with db.join(session):
-            await run_job(job)
+        await run_job(job)
 
 
 async def _record_failure(procrastinate_job: Job, job: DurableJob, error: Exception) -> None:
