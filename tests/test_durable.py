@@ -699,9 +699,34 @@ async def test_a_worker_that_loses_its_sentinel_connection_starts_again_under_a_
         assert [employee for employee, _, _ in await marks()] == [employee_id]
     [failure] = [record for record in logs if record["event"] == "durable worker failed"]
     assert failure["error"].startswith(
-        "DatabaseRestartedError: the worker's sentinel connection to the database was lost, "
-        "as in every crash or restart of the server, which may have forgotten the worker's "
-        "last commits <- "
+        "DatabaseRestartedError: the worker's sentinel connection to the database was lost "
+        "(or did not answer within 10 s), as in every crash or restart of the server, which "
+        "may have forgotten the worker's last commits <- "
+    )
+
+
+async def test_a_worker_whose_sentinel_stops_answering_starts_again(
+    database_url, runs, logs, monkeypatch
+):
+    """A sentinel that does not answer (a server that stopped answering, a network cut with
+    no reset) counts as lost after ``SENTINEL_TIMEOUT``: the worker starts again rather than
+    wait on it forever, and its recovery rounds with it."""
+    monkeypatch.setattr(durable.queue, "SENTINEL_TIMEOUT", 0.5)
+    monkeypatch.setattr(durable.queue, "_SENTINEL_CHECK", "SELECT pg_sleep(30)")
+    register()
+    async with embedded_worker(database_url):
+        await eventually(lambda: _workers(1), within=10)
+        first = await scalar("SELECT min(id) FROM procrastinate_workers")
+
+        async def replaced() -> bool:
+            return await scalar("SELECT min(id) FROM procrastinate_workers") > first
+
+        await eventually(replaced, within=15)
+    failures = [record for record in logs if record["event"] == "durable worker failed"]
+    assert failures
+    assert failures[0]["error"].startswith(
+        "DatabaseRestartedError: the worker's sentinel connection to the database was lost "
+        "(or did not answer within 0.5 s)"
     )
 
 

@@ -357,6 +357,10 @@ class DatabaseRestartedError(RuntimeError):
 
 SENTINEL: Final = "app durable worker sentinel"
 """The ``application_name`` of each worker's sentinel connection."""
+SENTINEL_TIMEOUT: Final = 10.0
+"""Seconds the sentinel may take to connect or answer before it is taken for lost (a server
+that stopped answering, a network cut with no reset), as is a recovery round."""
+_SENTINEL_CHECK: Final = "SELECT 1"
 
 
 async def _look_after(app: procrastinate.App) -> None:
@@ -365,28 +369,34 @@ async def _look_after(app: procrastinate.App) -> None:
     as long as the worker runs, that nothing else uses.
 
     Raises:
-        DatabaseRestartedError: the sentinel connection was lost. Every crash or restart of
-            the server ends every connection, and may have forgotten the worker's last
-            commits; so may a dropped network link be taken for one, which costs a restart.
+        DatabaseRestartedError: the sentinel connection was lost, or did not answer within
+            ``SENTINEL_TIMEOUT``. Every crash or restart of the server ends every connection,
+            and may have forgotten the worker's last commits; so may a dropped network link
+            be taken for one, which costs a restart.
     """
     async with await psycopg.AsyncConnection.connect(
-        db.conninfo(), autocommit=True, application_name=SENTINEL
+        db.conninfo(),
+        autocommit=True,
+        application_name=SENTINEL,
+        connect_timeout=round(SENTINEL_TIMEOUT),
     ) as sentinel:
         while True:
             await asyncio.sleep(RECOVERY_EVERY)
             try:
-                await recover_lost_jobs(app)
+                async with asyncio.timeout(SENTINEL_TIMEOUT):
+                    await recover_lost_jobs(app)
             except Exception:
                 _reraise_cancellation()
                 log.exception("durable recovery failed")
             try:
-                await sentinel.execute("SELECT 1")
-            except psycopg.Error as error:
+                async with asyncio.timeout(SENTINEL_TIMEOUT):
+                    await sentinel.execute(_SENTINEL_CHECK)
+            except (psycopg.Error, TimeoutError) as error:
                 _reraise_cancellation()
                 raise DatabaseRestartedError(
-                    "the worker's sentinel connection to the database was lost, as in every "
-                    "crash or restart of the server, which may have forgotten the worker's "
-                    "last commits"
+                    "the worker's sentinel connection to the database was lost (or did not "
+                    f"answer within {SENTINEL_TIMEOUT:g} s), as in every crash or restart of "
+                    "the server, which may have forgotten the worker's last commits"
                 ) from error
 
 
