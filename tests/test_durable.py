@@ -269,10 +269,12 @@ async def test_a_job_run_again_after_its_commit_skips_the_handler(queue, runs):
 
 
 async def test_a_durable_handler_s_transactions_are_savepoints_of_its_run(queue, monkeypatch):
-    """In a run, each ``transaction()`` block is a savepoint of the run's transaction: a block
+    """In a run, each ``transaction()`` block is a savepoint of the run's one session: a block
     that raises is rolled back alone, a nested block shares its session (and sees its pending
-    rows), and an emit outside any block enqueues its jobs in the run's transaction: all of it
-    committed with the inbox row, or rolled back with it when the handler fails."""
+    rows), an object carries from one block to the next, ``current_session()`` is that session
+    outside the blocks too, and an emit outside any block enqueues its jobs in the run's
+    transaction: all of it committed with the inbox row, or rolled back with it when the
+    handler fails."""
     monkeypatch.setenv("APP_DURABLE_BACKOFF", "0")
     runs: list[int] = []
 
@@ -280,8 +282,11 @@ async def test_a_durable_handler_s_transactions_are_savepoints_of_its_run(queue,
         runs.append(employee_id)
         event = current_event()
         assert event is not None
+        first = Mark(employee_id=1, event_id=event.event_id, pid=0)
         async with db.transaction() as session:
-            session.add(Mark(employee_id=1, event_id=event.event_id, pid=len(runs)))
+            session.add(first)
+        async with db.transaction():
+            first.pid = len(runs)  # flushed when the block ends
         with pytest.raises(ValueError, match="rolled back"):  # noqa: PT012 - the whole block
             async with db.transaction() as session:
                 session.add(Mark(employee_id=2, event_id=event.event_id, pid=len(runs)))
@@ -292,6 +297,11 @@ async def test_a_durable_handler_s_transactions_are_savepoints_of_its_run(queue,
             async with db.transaction() as inner:
                 assert inner is outer
                 assert await inner.scalar(select(func.count()).where(Mark.employee_id == 3)) == 1
+        session = db.current_session()
+        assert session is not None
+        session.add(
+            Mark(employee_id=4, event_id=event.event_id, pid=len(runs))
+        )  # flushed at the end
         await emit(
             "employee.status_changed",
             employee_id=employee_id,
@@ -306,12 +316,38 @@ async def test_a_durable_handler_s_transactions_are_savepoints_of_its_run(queue,
     [employee_id] = await create()
     await durable.work(queue, wait=False)
     assert runs == [employee_id, employee_id]
-    assert [(m[0], m[2]) for m in await marks()] == [(1, 2), (3, 2)]
+    assert [(m[0], m[2]) for m in await marks()] == [(1, 2), (3, 2), (4, 2)]
     assert await scalar("SELECT count(*) FROM durable_inbox") == 3  # mail, savepoints, audit
     async with db.transaction() as session:
         assert [
             (entry.employee_id, entry.to_state) for entry in await audit.list_audit(session)
         ] == [(employee_id, "active")]
+
+
+async def test_procrastinate_s_pool_checks_a_connection_it_never_handed_out(database_url):
+    """A connection the pool made when it filled, and never gave out, is checked when first
+    taken: the server may have ended it meanwhile (here it did), and it is replaced."""
+    name = "test idle pool"
+    pool = durable.queue._pool(
+        conninfo=libpq(database_url),
+        min_size=1,
+        max_size=1,
+        open=False,
+        kwargs={"autocommit": True, "application_name": name},
+    )
+    await pool.open(wait=True)
+    try:
+        with psycopg.connect(libpq(database_url), autocommit=True) as other:
+            (ended,) = other.execute(
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                [name],
+            ).fetchone()
+        assert ended == 1
+        async with pool.connection() as connection:
+            assert await (await connection.execute("SELECT 1")).fetchone() == (1,)
+    finally:
+        await pool.close()
 
 
 async def test_a_worker_process_runs_the_jobs_of_another_process(queue, runs, tmp_path):

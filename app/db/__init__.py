@@ -78,10 +78,6 @@ _server: EmbeddedServer | None = None
 _session: ContextVar[AsyncSession | None] = ContextVar("app.db.session", default=None)
 """The session of the innermost transaction open in this context."""
 
-_joined: ContextVar[AsyncConnection | None] = ContextVar("app.db.joined", default=None)
-"""The connection of a ``handler_unit_of_work()``, whose transaction ``transaction()`` joins
-(as a savepoint) instead of opening its own."""
-
 
 def database_url() -> str | None:
     """The URL in ``APP_DATABASE_URL``, or None when it is unset: the embedded server."""
@@ -198,7 +194,10 @@ def conninfo() -> str:
 
 def current_session() -> AsyncSession | None:
     """The session of the transaction open in this context (``transaction()``,
-    ``unit_of_work()``), or None when none is open."""
+    ``unit_of_work()``, and in a durable handler the run's), or None when none is open."""
+    run = _run.get()
+    if run is not None:
+        return run.session()
     session = _session.get()
     return session if session is not None and session.in_transaction() else None
 
@@ -206,21 +205,59 @@ def current_session() -> AsyncSession | None:
 async def current_connection() -> AsyncConnection | None:
     """The connection of the transaction open in this context (``transaction()``,
     ``unit_of_work()``, ``handler_unit_of_work()``), or None when none is open."""
+    run = _run.get()
+    if run is not None:
+        return run.connection
     session = current_session()
-    if session is not None:
-        return await session.connection()
-    return _joined.get()
+    return None if session is None else await session.connection()
+
+
+class _HandlerRun:
+    """A ``handler_unit_of_work()``: its connection, and the session made on it when first
+    asked for (``join_transaction_mode="rollback_only"``: the session never commits the
+    run's transaction; its blocks are savepoints of it)."""
+
+    __slots__ = ("_session", "connection")
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+        self._session: AsyncSession | None = None
+
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = AsyncSession(
+                bind=self.connection, join_transaction_mode="rollback_only", expire_on_commit=False
+            )
+        return self._session
+
+    async def finish(self, *, flush: bool) -> None:
+        """Flush what the handler left pending in its session (``flush``), then close it."""
+        session, self._session = self._session, None
+        if session is None:
+            return
+        try:
+            if flush:
+                await session.flush()
+        finally:
+            await session.close()
+
+
+_run: ContextVar[_HandlerRun | None] = ContextVar("app.db.run", default=None)
+"""The ``handler_unit_of_work()`` open in this context, whose transaction ``transaction()``
+joins (as a savepoint) instead of opening its own."""
 
 
 @asynccontextmanager
 async def handler_unit_of_work() -> AsyncIterator[AsyncConnection]:
-    """A unit of work on one pooled connection, with no session of its own: a worker runs a
-    durable handler in it, and commits the job's inbox row with whatever the handler wrote.
+    """A unit of work on one pooled connection, its session made only when first asked for: a
+    worker runs a durable handler in it, and commits the job's inbox row with whatever the
+    handler wrote.
 
-    ``transaction()`` inside opens a session on this connection, as a savepoint: released
-    when its block ends, rolled back if it raises, committed with the rest. A handler that
-    writes nothing costs no session. Events emitted inside wait for the commit, as in
-    ``unit_of_work()``. Committed when the block ends, rolled back if it raises.
+    Inside, ``current_session()`` is the run's session, and ``transaction()`` a savepoint in
+    it: released when its block ends, rolled back alone if it raises, committed with the
+    rest; objects carry from block to block as in one session. A handler that asks for no
+    session costs none. Events emitted inside wait for the commit, as in ``unit_of_work()``.
+    Committed (the session flushed first) when the block ends, rolled back if it raises.
 
     Raises:
         DatabaseNotOpenError: the database is not open.
@@ -228,32 +265,33 @@ async def handler_unit_of_work() -> AsyncIterator[AsyncConnection]:
     if _engine is None:
         raise DatabaseNotOpenError("the database is not open; call app.db.open_database() first")
     async with deferred_events(), _engine.begin() as connection:
-        token = _joined.set(connection)
+        run = _HandlerRun(connection)
+        token = _run.set(run)
+        finished = False
         try:
             yield connection
+            finished = True
         finally:
-            _joined.reset(token)
+            _run.reset(token)
+            await run.finish(flush=finished)
 
 
 @asynccontextmanager
 async def transaction() -> AsyncIterator[AsyncSession]:
     """A session in its own transaction: committed when the block ends, rolled back if it raises.
 
-    Inside a durable handler (``handler_unit_of_work()``) it is a savepoint of the handler's
-    transaction: released when the block ends, rolled back if it raises, committed with the
-    job's inbox row. Blocks nested in it are savepoints of its session.
+    Inside a durable handler (``handler_unit_of_work()``) it is a savepoint in the run's
+    session: released when the block ends, rolled back if it raises, committed with the
+    job's inbox row.
 
     Raises:
         DatabaseNotOpenError: the database is not open.
     """
-    joined = _joined.get()
-    if joined is not None:
-        async with _savepoint(joined) as session:
-            token = _session.set(session)
-            try:
-                yield session
-            finally:
-                _session.reset(token)
+    run = _run.get()
+    if run is not None:
+        session = run.session()
+        async with session.begin_nested():
+            yield session
         return
     if _sessions is None:
         raise DatabaseNotOpenError("the database is not open; call app.db.open_database() first")
@@ -263,25 +301,6 @@ async def transaction() -> AsyncIterator[AsyncSession]:
             yield session
         finally:
             _session.reset(token)
-
-
-@asynccontextmanager
-async def _savepoint(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
-    """A savepoint of ``connection``'s transaction, in the session of the enclosing
-    ``transaction()`` block on it if there is one (which sees its pending objects), else in a
-    new session on it."""
-    session = _session.get()
-    if session is not None and session.bind is connection:
-        async with session.begin_nested():
-            yield session
-        return
-    async with (
-        AsyncSession(
-            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
-        ) as session,
-        session.begin(),
-    ):
-        yield session
 
 
 @asynccontextmanager
