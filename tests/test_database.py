@@ -60,7 +60,7 @@ async def test_the_engine_pings_and_hides_parameters(database_url):
             pid = await session.scalar(text("SELECT pg_backend_pid()"))
         libpq = make_url(database_url).set(drivername="postgresql")
         with psycopg.connect(libpq.render_as_string(hide_password=False)) as other:
-            other.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+            other.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])  # until it exits
         async with db.transaction() as session:  # the server ended it: pinged, replaced
             assert await session.scalar(text("SELECT pg_backend_pid()")) != pid
             with pytest.raises(Exception, match="hidden due to hide_parameters") as caught:

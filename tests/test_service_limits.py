@@ -85,6 +85,7 @@ async def test_a_database_restart_costs_no_request(service, database_url):
     await service.settle()
     with psycopg.connect(libpq(database_url), autocommit=True) as connection:
         (terminated,) = connection.execute(
+            # Waiting until each has exited, as a restart does before it answers again.
             "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchone()

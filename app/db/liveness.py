@@ -6,8 +6,11 @@ cost. A connection needs one only when something may have happened to it while i
 pool: it sat there for ``CHECK_IDLE_AFTER`` seconds, or the server sent it something. A
 connection idle in a pool is sent nothing, except by a server ending it (a restart, a
 ``pg_terminate_backend``, an idle timeout): its message and the closed socket make it readable,
-which a zero-timeout ``poll`` tells without a round trip. What neither catches (a connection
-cut silently less than a second ago) fails its first statement, as it could after a ping.
+which a zero-timeout ``poll`` tells without a round trip. (A connection left listening for
+notifications is sent those too: it only gets pinged more than needed.) What neither catches
+fails its first statement, as it could right after a ping: a connection cut silently less than
+a second ago, or one whose server is ending it at that very moment (the termination not yet
+on the socket).
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ def needs_check(returned: float | None, connection: psycopg.AsyncConnection[Any]
 
 def check_on_checkout(engine: AsyncEngine) -> None:
     """Make ``engine``'s pool ping a connection when it is taken only if ``needs_check``
-    (create the engine without ``pool_pre_ping``). A failed ping invalidates every pooled
-    connection, as ``pool_pre_ping`` does, and the pool connects again."""
+    (create the engine without ``pool_pre_ping``). A ping that finds the connection gone
+    invalidates every pooled connection, as ``pool_pre_ping`` does, and the pool connects
+    again; any other error of the ping fails the checkout."""
     dialect = engine.sync_engine.dialect
     pool = engine.sync_engine.pool
 
@@ -63,6 +67,8 @@ def check_on_checkout(engine: AsyncEngine) -> None:
         try:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as error:
+            if not dialect.is_disconnect(error, dbapi_connection, None):
+                raise
             raise InvalidatePoolError(f"the pooled connection failed its ping: {error}") from error
 
     event.listen(pool, "checkin", returned)

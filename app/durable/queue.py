@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import time
 import traceback
@@ -209,7 +210,8 @@ def _pool(**options: Any) -> psycopg_pool.AsyncConnectionPool[Any]:
 
 
 async def _check_if_needed(connection: psycopg.AsyncConnection[Any]) -> None:
-    if needs_check(_returned.get(connection), connection):
+    # Never given back: made when the pool filled or renewed itself, maybe long ago.
+    if needs_check(_returned.get(connection, 0.0), connection):
         await psycopg_pool.AsyncConnectionPool.check_connection(connection)
 
 
@@ -359,7 +361,11 @@ SENTINEL: Final = "app durable worker sentinel"
 """The ``application_name`` of each worker's sentinel connection."""
 SENTINEL_TIMEOUT: Final = 10.0
 """Seconds the sentinel may take to connect or answer before it is taken for lost (a server
-that stopped answering, a network cut with no reset), as is a recovery round."""
+that stopped answering, a network cut with no reset). The driver then sends the server a
+cancel request and waits for it a few seconds more, so giving up can take up to about twice
+as long."""
+RECOVERY_TIMEOUT: Final = 60.0
+"""Seconds a recovery round may take before it is given up (logged, and the next one tries)."""
 _SENTINEL_CHECK: Final = "SELECT 1"
 
 
@@ -378,12 +384,12 @@ async def _look_after(app: procrastinate.App) -> None:
         db.conninfo(),
         autocommit=True,
         application_name=SENTINEL,
-        connect_timeout=round(SENTINEL_TIMEOUT),
+        connect_timeout=max(1, math.ceil(SENTINEL_TIMEOUT)),  # libpq: whole seconds, 0 = none
     ) as sentinel:
         while True:
             await asyncio.sleep(RECOVERY_EVERY)
             try:
-                async with asyncio.timeout(SENTINEL_TIMEOUT):
+                async with asyncio.timeout(RECOVERY_TIMEOUT):
                     await recover_lost_jobs(app)
             except Exception:
                 _reraise_cancellation()
