@@ -230,15 +230,15 @@ class _HandlerRun:
             )
         return self._session
 
-    async def finish(self, *, flush: bool) -> None:
-        """Flush what the handler left pending in its session (``flush``), then close it."""
+    async def flush(self) -> None:
+        """Write what the handler left pending in its session, if it made one."""
+        if self._session is not None:
+            await self._session.flush()
+
+    async def close(self) -> None:
+        """Close the session, if one was made (the run's transaction is not touched)."""
         session, self._session = self._session, None
-        if session is None:
-            return
-        try:
-            if flush:
-                await session.flush()
-        finally:
+        if session is not None:
             await session.close()
 
 
@@ -267,13 +267,14 @@ async def handler_unit_of_work() -> AsyncIterator[AsyncConnection]:
     async with deferred_events(), _engine.begin() as connection:
         run = _HandlerRun(connection)
         token = _run.set(run)
-        finished = False
         try:
-            yield connection
-            finished = True
+            try:
+                yield connection
+                await run.flush()  # still the run's: what a flush listener emits joins it
+            finally:
+                await run.close()
         finally:
             _run.reset(token)
-            await run.finish(flush=finished)
 
 
 @asynccontextmanager
