@@ -3,6 +3,7 @@ transaction, the inbox, dead letters and retries, and real worker processes kill
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from conftest import libpq
 from durable_helpers import HANDLER_ID, Mark, register
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 
 from app import db, durable
 from app.business import audit, notify
@@ -29,6 +31,7 @@ from app.business.hr import create_employee
 from app.core.durable import DurableDeliveryError, DurableJob
 from app.core.events import current_event, emit, on
 from app.durable import admin
+from app.durable.store import FailedRun
 
 pytestmark = pytest.mark.anyio
 
@@ -322,6 +325,78 @@ async def test_a_durable_handler_s_transactions_are_savepoints_of_its_run(queue,
         assert [
             (entry.employee_id, entry.to_state) for entry in await audit.list_audit(session)
         ] == [(employee_id, "active")]
+
+
+@pytest.mark.parametrize("how", ["session.rollback()", "a failed flush, caught"])
+async def test_a_durable_handler_that_rolls_back_its_run_fails_it(queue, how):
+    """A handler whose session rolls back the run's transaction (its own ``rollback()``, or a
+    flush that fails outside any ``transaction()`` block, which the handler catches) fails
+    its run rather than end it as a success with nothing kept: the inbox claim and its
+    writes are gone, so the job must run again (here it is dead at its one attempt)."""
+
+    async def handler(*, employee_id: int, **_: object) -> None:
+        event = current_event()
+        assert event is not None
+        session = db.current_session()
+        assert session is not None
+        async with db.transaction():
+            session.add(Mark(id=1, employee_id=employee_id, event_id=event.event_id, pid=1))
+        if how == "session.rollback()":
+            await session.rollback()
+            return
+        session.add(Mark(id=1, employee_id=employee_id, event_id=event.event_id, pid=2))
+        with pytest.raises(IntegrityError):
+            async with db.transaction():  # flushes the duplicate first, outside a savepoint
+                pass
+
+    on("employee.created", durable=True, id="tests.rollback", max_attempts=1)(handler)
+    await create()
+    await durable.work(queue, wait=False)
+    assert await marks() == []
+    assert (
+        await scalar("SELECT count(*) FROM durable_inbox WHERE handler_id = 'tests.rollback'") == 0
+    )
+    async with db.transaction() as session:
+        errors = (await session.scalars(select(FailedRun.error))).all()
+    assert [error.split(":")[0] for error in errors] == ["RunRolledBackError"]
+    assert await scalar("SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'") == 1
+
+
+async def test_work_that_outlives_its_durable_run_cannot_write_in_it(queue):
+    """A task a durable handler starts carries the run's context; once the run has ended, it
+    gets a clear error when it asks for the run's session or connection, not a session on a
+    connection already given back."""
+    ended = asyncio.Event()
+    tasks: list[asyncio.Task[list[str]]] = []
+
+    async def after_the_run() -> list[str]:
+        await ended.wait()
+        errors = []
+        for ask in (db.current_session, db.current_connection):
+            try:
+                result = ask()
+                if asyncio.iscoroutine(result):
+                    await result
+            except db.RunRolledBackError as error:
+                errors.append(str(error))
+        return errors
+
+    async def handler(**_: object) -> None:
+        tasks.append(asyncio.create_task(after_the_run()))
+
+    on("employee.created", durable=True, id="tests.outlived", max_attempts=1)(handler)
+    await create()
+    await durable.work(queue, wait=False)
+    ended.set()
+    errors = await tasks[0]
+    assert (
+        errors
+        == [
+            "the durable run this work was started in has ended: a task that outlives its "
+            "handler cannot write in the handler's transaction"
+        ]
+        * 2
+    )
 
 
 async def test_procrastinate_s_pool_checks_a_connection_it_never_handed_out(database_url):

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Base",
     "DatabaseNotOpenError",
+    "RunRolledBackError",
     "close_database",
     "conninfo",
     "current_connection",
@@ -69,6 +70,11 @@ class Base(DeclarativeBase):
 
 class DatabaseNotOpenError(RuntimeError):
     """A transaction was asked for before ``open_database`` (or after ``close_database``)."""
+
+
+class RunRolledBackError(RuntimeError):
+    """A durable handler's run lost its transaction before its end (its session was rolled
+    back), or work that outlived the run asked for it: nothing of the run is kept."""
 
 
 _engine: AsyncEngine | None = None
@@ -207,7 +213,7 @@ async def current_connection() -> AsyncConnection | None:
     ``unit_of_work()``, ``handler_unit_of_work()``), or None when none is open."""
     run = _run.get()
     if run is not None:
-        return run.connection
+        return run.open_connection()
     session = current_session()
     return None if session is None else await session.connection()
 
@@ -217,18 +223,46 @@ class _HandlerRun:
     asked for (``join_transaction_mode="rollback_only"``: the session never commits the
     run's transaction; its blocks are savepoints of it)."""
 
-    __slots__ = ("_session", "connection")
+    __slots__ = ("_ended", "_session", "connection")
 
     def __init__(self, connection: AsyncConnection) -> None:
         self.connection = connection
         self._session: AsyncSession | None = None
+        self._ended = False
+
+    def open_connection(self) -> AsyncConnection:
+        """The run's connection.
+
+        Raises:
+            RunRolledBackError: the run has ended (asked by work that outlived it).
+        """
+        if self._ended:
+            raise RunRolledBackError(
+                "the durable run this work was started in has ended: a task that outlives its "
+                "handler cannot write in the handler's transaction"
+            )
+        return self.connection
 
     def session(self) -> AsyncSession:
+        """The run's session, made on first use (see ``open_connection`` for what it raises)."""
         if self._session is None:
             self._session = AsyncSession(
-                bind=self.connection, join_transaction_mode="rollback_only", expire_on_commit=False
+                bind=self.open_connection(),
+                join_transaction_mode="rollback_only",
+                expire_on_commit=False,
             )
         return self._session
+
+    def check_kept(self) -> None:
+        """Raise ``RunRolledBackError`` if the run's transaction is no longer open: the session
+        rolled it back (``session.rollback()``, or a flush that failed outside a
+        ``transaction()`` block), which would otherwise end the run as if it had succeeded."""
+        if not self.connection.in_transaction():
+            raise RunRolledBackError(
+                "the durable handler's session rolled back the run's transaction (a "
+                "session.rollback(), or a flush that failed outside a db.transaction() "
+                "block): nothing it wrote is kept, so the run fails and the job runs again"
+            )
 
     async def flush(self) -> None:
         """Write what the handler left pending in its session, if it made one."""
@@ -237,7 +271,7 @@ class _HandlerRun:
 
     async def close(self) -> None:
         """Close the session, if one was made (the run's transaction is not touched)."""
-        session, self._session = self._session, None
+        session, self._session, self._ended = self._session, None, True
         if session is not None:
             await session.close()
 
@@ -258,9 +292,12 @@ async def handler_unit_of_work() -> AsyncIterator[AsyncConnection]:
     rest; objects carry from block to block as in one session. A handler that asks for no
     session costs none. Events emitted inside wait for the commit, as in ``unit_of_work()``.
     Committed (the session flushed first) when the block ends, rolled back if it raises.
+    The session's own ``commit()`` and ``rollback()`` are not the handler's to call: the
+    blocks commit themselves, and the run commits the rest.
 
     Raises:
         DatabaseNotOpenError: the database is not open.
+        RunRolledBackError: the session rolled back the run's transaction before its end.
     """
     if _engine is None:
         raise DatabaseNotOpenError("the database is not open; call app.db.open_database() first")
@@ -271,6 +308,7 @@ async def handler_unit_of_work() -> AsyncIterator[AsyncConnection]:
             try:
                 yield connection
                 await run.flush()  # still the run's: what a flush listener emits joins it
+                run.check_kept()
             finally:
                 await run.close()
         finally:

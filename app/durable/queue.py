@@ -364,7 +364,7 @@ SENTINEL_TIMEOUT: Final = 10.0
 that stopped answering, a network cut with no reset). The driver then sends the server a
 cancel request and waits for it a few seconds more, so giving up can take up to about twice
 as long."""
-RECOVERY_TIMEOUT: Final = 60.0
+RECOVERY_TIMEOUT: Final = 30.0
 """Seconds a recovery round may take before it is given up (logged, and the next one tries)."""
 _SENTINEL_CHECK: Final = "SELECT 1"
 
@@ -388,13 +388,7 @@ async def _look_after(app: procrastinate.App) -> None:
     ) as sentinel:
         while True:
             await asyncio.sleep(RECOVERY_EVERY)
-            try:
-                async with asyncio.timeout(RECOVERY_TIMEOUT):
-                    await recover_lost_jobs(app)
-            except Exception:
-                _reraise_cancellation()
-                log.exception("durable recovery failed")
-            try:
+            try:  # first, so that a slow recovery round does not delay it
                 async with asyncio.timeout(SENTINEL_TIMEOUT):
                     await sentinel.execute(_SENTINEL_CHECK)
             except (psycopg.Error, TimeoutError) as error:
@@ -404,6 +398,12 @@ async def _look_after(app: procrastinate.App) -> None:
                     f"answer within {SENTINEL_TIMEOUT:g} s), as in every crash or restart of "
                     "the server, which may have forgotten the worker's last commits"
                 ) from error
+            try:
+                async with asyncio.timeout(RECOVERY_TIMEOUT):
+                    await recover_lost_jobs(app)
+            except Exception:
+                _reraise_cancellation()
+                log.exception("durable recovery failed")
 
 
 def shutdown_grace() -> float:
