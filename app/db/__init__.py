@@ -200,7 +200,11 @@ def conninfo() -> str:
 
 def current_session() -> AsyncSession | None:
     """The session of the transaction open in this context (``transaction()``,
-    ``unit_of_work()``, and in a durable handler the run's), or None when none is open."""
+    ``unit_of_work()``, and in a durable handler the run's), or None when none is open.
+
+    Raises:
+        RunRolledBackError: asked by work a durable handler started, once its run has ended.
+    """
     run = _run.get()
     if run is not None:
         return run.session()
@@ -210,7 +214,11 @@ def current_session() -> AsyncSession | None:
 
 async def current_connection() -> AsyncConnection | None:
     """The connection of the transaction open in this context (``transaction()``,
-    ``unit_of_work()``, ``handler_unit_of_work()``), or None when none is open."""
+    ``unit_of_work()``, ``handler_unit_of_work()``), or None when none is open.
+
+    Raises:
+        RunRolledBackError: asked by work a durable handler started, once its run has ended.
+    """
     run = _run.get()
     if run is not None:
         return run.open_connection()
@@ -325,6 +333,7 @@ async def transaction() -> AsyncIterator[AsyncSession]:
 
     Raises:
         DatabaseNotOpenError: the database is not open.
+        RunRolledBackError: opened by work a durable handler started, once its run has ended.
     """
     run = _run.get()
     if run is not None:

@@ -1,16 +1,16 @@
 """When a pooled connection is worth a ping before it is used.
 
-A ping is a round trip before every query; checking every connection taken from a pool that
-way (SQLAlchemy's ``pool_pre_ping``, psycopg_pool's ``check``) was a fifth of a durable run's
-cost. A connection needs one only when something may have happened to it while it sat in the
-pool: it sat there for ``CHECK_IDLE_AFTER`` seconds, or the server sent it something. A
-connection idle in a pool is sent nothing, except by a server ending it (a restart, a
-``pg_terminate_backend``, an idle timeout): its message and the closed socket make it readable,
-which a zero-timeout ``poll`` tells without a round trip. (A connection left listening for
-notifications is sent those too: it only gets pinged more than needed.) What neither catches
-fails its first statement, as it could right after a ping: a connection cut silently less than
-a second ago, or one whose server is ending it at that very moment (the termination not yet
-on the socket).
+A ping is a round trip before every query; checking every connection taken from a pool
+that way (SQLAlchemy's ``pool_pre_ping``, psycopg_pool's ``check``) was about a seventh of a
+durable run's CPU. A connection needs one only when something may have happened to it while
+it sat in the pool: it sat there for ``CHECK_IDLE_AFTER`` seconds, or the server sent it
+something. A connection idle in a pool is sent nothing, except by a server ending it (a
+restart, a ``pg_terminate_backend``, an idle timeout): its message and the closed socket make
+it readable, which a zero-timeout ``poll`` tells without a round trip. (A connection left
+listening for notifications is sent those too: it only gets pinged more than needed.) What
+neither catches fails its first statement, as it could right after a ping: a connection cut
+silently less than a second ago, or one whose server is ending it at that very moment (the
+termination not yet on the socket).
 """
 
 from __future__ import annotations
