@@ -707,7 +707,8 @@ async def test_the_jobs_of_a_lost_worker_are_requeued_or_dead_at_their_last_atte
 
 async def cut_a_worker_mid_query(url: str) -> None:
     """Make the worker's next fetch wait on a lock of procrastinate's job table, then terminate
-    every other connection to the test database: the fetch fails with its connection."""
+    every other connection to the test database, waiting until each has exited (as a restart
+    does before it answers again): the fetch fails with its connection."""
     async with (
         await psycopg.AsyncConnection.connect(libpq(url)) as locker,
         await psycopg.AsyncConnection.connect(libpq(url), autocommit=True) as watcher,
@@ -724,7 +725,7 @@ async def cut_a_worker_mid_query(url: str) -> None:
 
         await eventually(a_fetch_waits, within=10)
         await watcher.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
             [locker.info.backend_pid],
         )
