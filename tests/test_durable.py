@@ -302,9 +302,8 @@ async def test_a_durable_handler_s_transactions_are_savepoints_of_its_run(queue,
                 assert await inner.scalar(select(func.count()).where(Mark.employee_id == 3)) == 1
         session = db.current_session()
         assert session is not None
-        session.add(
-            Mark(employee_id=4, event_id=event.event_id, pid=len(runs))
-        )  # flushed at the end
+        # Pending outside any block: flushed when the run ends.
+        session.add(Mark(employee_id=4, event_id=event.event_id, pid=len(runs)))
         await emit(
             "employee.status_changed",
             employee_id=employee_id,
