@@ -319,8 +319,7 @@ async def ensure_schema() -> None:
         tables = [db.Base.metadata.tables[model.__tablename__] for model in (InboxEntry, FailedRun)]
         await connection.run_sync(lambda sync: db.Base.metadata.create_all(sync, tables=tables))
         if await session.scalar(text("SELECT to_regclass('procrastinate_jobs')")) is None:
-            connection = await session.connection()
-            raw: Any = (await connection.get_raw_connection()).driver_connection
+            raw = await _driver_connection(connection)
             await raw.execute(SchemaManager.get_schema())
 
 
