@@ -7,6 +7,7 @@ import time
 
 import psycopg
 import pytest
+from conftest import libpq
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -97,14 +98,12 @@ async def test_a_pooled_connection_is_pinged_only_after_a_second_idle(database_u
 async def test_a_connection_the_server_ended_needs_a_check_at_once(database_url):
     """``needs_check``: never for a new connection, not for one returned just now, and yes for
     one whose server ended it (its socket turns readable), without waiting for the idle time."""
-    libpq = (
-        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    async with await psycopg.AsyncConnection.connect(libpq, autocommit=True) as connection:
+    url = libpq(database_url)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
         pid = connection.info.backend_pid
         returned = time.monotonic()
         assert not liveness.needs_check(None, connection)
         assert not liveness.needs_check(returned, connection)
-        with psycopg.connect(libpq, autocommit=True) as other:
+        with psycopg.connect(url, autocommit=True) as other:
             other.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
         assert liveness.needs_check(returned, connection)
